@@ -1,0 +1,114 @@
+"""The ``glimp-ray`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from glimp_ray.collab import CollabResult
+from glimp_ray.config import ConfigError, load_config
+from glimp_ray.engine.base import EngineError
+
+_OVERRIDES = {
+    "policy": str,
+    "mode": str,
+    "threshold": float,
+    "temperature": float,
+    "top_p": float,
+    "seed": int,
+    "step_max_tokens": int,
+    "thinking_budget": int,
+    "answer_max_tokens": int,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glimp-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="run one request in-process and print the answer and steps")
+    gen.add_argument("--config", required=True, help="YAML config describing both models")
+    gen.add_argument("prompt", nargs="?", help="the user's message (or the raw prompt with --raw)")
+    gen.add_argument("--messages", help="JSON file holding a list of chat messages")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without a chat template")
+    gen.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    for name, kind in _OVERRIDES.items():
+        gen.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"override {name}")
+    return parser
+
+
+def _read_messages(path: str) -> list[dict[str, str]]:
+    try:
+        messages = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read messages from {path}: {exc}") from None
+    if isinstance(messages, dict) and "messages" in messages:
+        messages = messages["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{path}: expected a non-empty JSON list of messages")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{path}: message {i} needs string 'role' and 'content'")
+    return messages
+
+
+def format_steps(result: CollabResult) -> str:
+    """A per-step table: index, model, entropy, tokens, seconds, finish reason."""
+    rows = [f"{'step':>4}  {'model':<5}  {'entropy':>7}  {'tokens':>6}  {'seconds':>7}  finish"]
+    for s in [*result.steps, result.answer_record]:
+        entropy = "-" if s.entropy is None else f"{s.entropy:.3f}"
+        index = "ans" if s.index < 0 else str(s.index)
+        rows.append(f"{index:>4}  {s.model:<5}  {entropy:>7}  {s.tokens:>6}  {s.latency_s:>7.3f}  {s.finish_reason}")
+    rows.append(
+        f"{len(result.steps)} steps, {result.large_step_fraction:.0%} large, "
+        f"{result.completion_tokens} tokens, {result.latency_s:.2f} s, stopped by {result.stop_reason}"
+    )
+    return "\n".join(rows)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from glimp_ray.local import close_collaborator, load_collaborator
+
+    config = load_config(args.config)
+    if args.messages and args.prompt:
+        raise ValueError("give a prompt or --messages, not both")
+    if args.messages:
+        messages: list[dict[str, str]] | None = _read_messages(args.messages)
+        prompt = None
+    elif args.prompt:
+        messages, prompt = (None, args.prompt) if args.raw else ([{"role": "user", "content": args.prompt}], None)
+    else:
+        raise ValueError("give a prompt or --messages FILE")
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}
+    collaborator = load_collaborator(config)
+    try:
+        collaborator.params.replace(**overrides)  # bad overrides fail before any work
+        result = asyncio.run(collaborator.run(messages=messages, prompt=prompt, **overrides))
+    finally:
+        close_collaborator(collaborator)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.answer)
+        print()
+        print(format_steps(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+    except (ConfigError, EngineError, ValueError) as exc:
+        print(f"glimp-ray: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Config files: one YAML describes both models, routing, sampling and limits.
+
+Every model forbids unknown fields and describes its fields; a bad file raises
+:class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from glimp_ray.collab import CollabParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """One model of the pair and how its engine runs."""
+
+    model: str = Field(description="Local HF model directory or hub id.")
+    tokenizer: str | None = Field(None, description="Tokenizer directory or id; defaults to `model`.")
+    name: str | None = Field(None, description="Name in traces and APIs; defaults to the directory name.")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto is bfloat16 on CUDA and float32 on CPU."
+    )
+    think_start: str = Field("<think>", description="Marker opening the thinking section.")
+    think_end: str = Field("</think>", description="Marker closing the thinking section.")
+    max_sessions: int = Field(256, ge=1, description="Sessions kept in the KV cache (LRU).")
+    max_cached_tokens: int = Field(1_000_000, ge=1, description="Tokens kept across all sessions (LRU).")
+    max_running: int = Field(8, ge=1, description="Requests decoding at once in one engine.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`glimp_ray.engine.hf.HFEngine.load`."""
+        kwargs = self.model_dump(exclude={"name"})
+        if self.name:
+            kwargs["name"] = self.name
+        return kwargs
+
+
+class RoutingConfig(_Strict):
+    """Which model writes each step."""
+
+    policy: Literal["entropy", "small", "large", "random"] = Field(
+        "entropy", description="entropy (GlimpRouter), small-only, large-only or random baseline."
+    )
+    mode: Literal["fused", "paper"] = Field(
+        "fused", description="fused: one small call glimpses and continues; paper: separate glimpse call."
+    )
+    threshold: float = Field(1.0, description="τ: steps whose glimpse entropy (nats) exceeds it go large.")
+    entropy: Literal["full", "topk"] = Field("full", description="Entropy over the full vocabulary or top-k.")
+    top_k: int = Field(20, ge=1, description="k for top-k entropy (renormalised).")
+    random_p: float = Field(0.25, ge=0, le=1, description="Large-step probability of the random policy.")
+
+
+class SamplingConfig(_Strict):
+    """Token sampling for every call (temperature 0 is greedy)."""
+
+    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature; 0 means greedy.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Seed for reproducible sampling and random routing.")
+
+
+class LimitsConfig(_Strict):
+    """Step shape and token budgets."""
+
+    delimiter: str = Field("\n\n", min_length=1, description="Text separating reasoning steps.")
+    step_max_tokens: int = Field(512, ge=1, description="Most tokens in one step.")
+    thinking_budget: int = Field(8192, ge=1, description="Most thinking tokens before the answer.")
+    answer_max_tokens: int = Field(2048, ge=1, description="Most tokens in the final answer.")
+    answer_model: Literal["auto", "small", "large"] = Field(
+        "auto", description="Who writes the answer; auto is large, or small under the small policy."
+    )
+
+
+class GlimpConfig(_Strict):
+    """The whole file: both models, routing, sampling and limits."""
+
+    small: ModelConfig = Field(description="The small model that glimpses every step.")
+    large: ModelConfig = Field(description="The large model that writes high-entropy steps.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Routing policy.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Budgets and delimiter.")
+
+    def collab_params(self) -> CollabParams:
+        """The loop's parameters from this config."""
+        return CollabParams(
+            **self.routing.model_dump(), **self.sampling.model_dump(), **self.limits.model_dump()
+        )
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and field."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> GlimpConfig:
+    """Validate a mapping (e.g. parsed YAML) into a :class:`GlimpConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return GlimpConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{format_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path) -> GlimpConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,376 @@
+"""The transformers + torch engine: session KV reuse, fused glimpse, a request queue and
+a step loop on a worker thread.
+
+Each call of :meth:`HFEngine.run_once` admits waiting requests (prefill: reuse the
+session's longest cached prefix, forward only the unseen tokens, take the glimpse), then
+advances every running request by one token. Requests join and leave at any token, so a
+later change can batch the per-token forwards without changing this structure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import torch
+from transformers import DynamicCache, StopStringCriteria
+
+from glimp_ray.engine.base import EngineError, PromptTooLongError
+from glimp_ray.engine.sampling import build_processors, make_generator, sample_token
+from glimp_ray.engine.scheduler import DoneCallback, Scheduler, Sequence
+from glimp_ray.engine.session import Session, SessionCache
+from glimp_ray.engine.text import decode_with_ends, render_prompt
+from glimp_ray.entropy import glimpse_entropy
+from glimp_ray.types import FinishReason, StepRequest, StepResult
+
+# Worker threads are stopped before interpreter shutdown tears down torch underneath them.
+_LIVE_ENGINES: weakref.WeakSet[HFEngine] = weakref.WeakSet()
+atexit.register(lambda: [engine.close() for engine in list(_LIVE_ENGINES)])
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class HFEngine:
+    """Serves :class:`StepRequest` s with a Hugging Face causal LM.
+
+    Implements :class:`~glimp_ray.engine.base.StepClient`. ``max_sessions`` and
+    ``max_cached_tokens`` bound the KV memory (LRU eviction); ``max_running`` bounds how
+    many requests decode at once.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        think_start: str = "<think>",
+        think_end: str = "</think>",
+        max_sessions: int = 256,
+        max_cached_tokens: int = 1_000_000,
+        max_running: int = 8,
+        max_context: int | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.replica = f"{name}@{os.getpid()}"
+        self.think_start = think_start
+        self.think_end = think_end
+        self.device = next(model.parameters()).device
+        self.max_context = max_context or _max_context(model, tokenizer)
+        self.sessions = SessionCache(max_sessions, max_cached_tokens)
+        self.scheduler = Scheduler(max_running)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._cv = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._releases: set[str] = set()
+        self._deferred_releases: set[str] = set()  # owned by the worker thread
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        device: str = "cpu",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        **engine_kwargs: Any,
+    ) -> HFEngine:
+        """Load a causal LM and its tokenizer from a local directory or hub id."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(
+                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot load model {model!r}: {exc}") from exc
+        engine_kwargs.setdefault("name", os.path.basename(os.path.normpath(model)))
+        return cls(lm.to(device), tok, **engine_kwargs)
+
+    # -- the async front: the StepClient interface ------------------------------------
+
+    async def step(self, request: StepRequest) -> StepResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StepResult] = loop.create_future()
+
+        def done(outcome: StepResult | BaseException) -> None:
+            loop.call_soon_threadsafe(_resolve, future, outcome)
+
+        seq = Sequence(request, done)
+        self._submit(seq)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            seq.aborted = True  # the step loop stops it at the next token
+            raise
+
+    async def release(self, session_id: str) -> None:
+        with self._cv:
+            self._releases.add(session_id)
+            self._cv.notify()
+
+    def close(self) -> None:
+        """Stop the worker thread; requests still queued are failed."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _submit(self, seq: Sequence) -> None:
+        with self._cv:
+            if self._closed:
+                raise EngineError("engine is closed")
+            self._inbox.append(seq)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=f"engine-{self.name}", daemon=True)
+                self._thread.start()
+                _LIVE_ENGINES.add(self)
+            self._cv.notify()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closed or self._inbox or self._releases or self.scheduler.has_work):
+                    self._cv.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, []
+                releases, self._releases = self._releases, set()
+            for seq in inbox:
+                self.scheduler.add(seq)
+            for session_id in releases:
+                if not self.sessions.release(session_id) and session_id in self.sessions:
+                    self._deferred_releases.add(session_id)  # busy: done when its request ends
+            self.run_once()
+        for seq in [*self._inbox, *self.scheduler.waiting, *self.scheduler.running]:
+            seq.on_done(EngineError("engine closed"))
+
+    # -- the step loop ---------------------------------------------------------------
+
+    def run_once(self) -> None:
+        """Admit and prefill waiting requests, then decode one token for each running one."""
+        for seq in self.scheduler.admit(self._is_busy):
+            self._guarded(seq, self._prefill)
+        for seq in list(self.scheduler.running):
+            if seq.aborted:
+                self._finish(seq, "length", cancelled=True)
+            else:
+                self._guarded(seq, self._decode)
+
+    def _is_busy(self, session_id: str) -> bool:
+        session = self.sessions.peek(session_id)
+        return session is not None and session.busy
+
+    def _guarded(self, seq: Sequence, work: Any) -> None:
+        try:
+            work(seq)
+        except Exception as exc:  # one bad request must not stop the loop
+            self._fail(seq, exc)
+
+    @torch.inference_mode()
+    def _forward(self, session: Session, token_ids: list[int]) -> torch.Tensor:
+        if session.cache is None:
+            session.cache = DynamicCache(config=self.model.config)
+        inputs = torch.tensor([token_ids], device=self.device)
+        out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache})
+        session.kv_len += len(token_ids)
+        return out.logits[0, -1]
+
+    def _prefill(self, seq: Sequence) -> None:
+        request = seq.request
+        start = time.perf_counter()
+        session = seq.session = self.sessions.get(request.session_id)
+        session.busy = True
+        text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
+        kept = session.match(text)
+        new_text = text[len(session.text) :]
+        if new_text:
+            # Only text this session has not seen is tokenized.
+            ids = self.tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
+            session.append(ids, new_text, [len(new_text)] * len(ids))
+        if not session.tokens:
+            raise EngineError("empty prompt")
+        if len(session.tokens) >= self.max_context:
+            raise PromptTooLongError(
+                f"prompt and transcript are {len(session.tokens)} tokens; "
+                f"{self.name} has a context of {self.max_context}"
+            )
+        if session.kv_len == len(session.tokens):
+            session.crop_kv(len(session.tokens) - 1)  # the last position's logits are needed
+        seq.reused_tokens = session.kv_len
+        to_forward = session.tokens[session.kv_len :]
+        seq.prefill_tokens = len(to_forward)
+        seq.context_tokens = len(session.tokens)
+        seq.logits = self._forward(session, to_forward)
+        seq.prefill_s = time.perf_counter() - start
+        seq.decode_start = time.perf_counter()
+
+        if request.glimpse is not None:
+            spec = request.glimpse
+            seq.entropy = glimpse_entropy(seq.logits, spec.entropy, spec.top_k)
+            if spec.threshold is not None and seq.entropy > spec.threshold:
+                self._finish(seq, "routed")  # the glimpsed token is never kept
+                return
+        if request.generate is None:
+            self._finish(seq, "glimpse")
+            return
+        gen = request.generate
+        seq.max_tokens = min(gen.max_tokens, self.max_context - len(session.tokens))
+        stops = gen.stop if request.close_thinking else (*gen.stop, self.think_end)
+        seq.state["stops"] = tuple(s for s in stops if s)
+        seq.state["criteria"] = self._criteria(seq.state["stops"])
+        seq.state["processors"] = build_processors(gen.sampling)
+        seq.state["generator"] = make_generator(gen.sampling, self.device)
+
+    def _decode(self, seq: Sequence) -> None:
+        assert seq.request.generate is not None
+        state = seq.state
+        generated = torch.tensor([seq.generated], dtype=torch.long) if seq.generated else None
+        token = sample_token(
+            seq.logits,
+            generated if generated is not None else torch.zeros((1, 0), dtype=torch.long),
+            seq.request.generate.sampling,
+            state["processors"],
+            state["generator"],
+        )
+        seq.generated.append(token)
+        if token in self.eos_ids:
+            self._finish(seq, "eos")
+        elif state["criteria"] is not None and bool(
+            state["criteria"](torch.tensor([seq.generated]), None)[0]
+        ):
+            self._finish(seq, "delimiter")  # refined to think_end from the text
+        elif len(seq.generated) >= seq.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.logits = self._forward(seq.session, [token])
+
+    def _criteria(self, stops: tuple[str, ...]) -> StopStringCriteria | None:
+        if not stops:
+            return None
+        if stops not in self._stop_criteria:
+            self._stop_criteria[stops] = StopStringCriteria(self.tokenizer, list(stops))
+        return self._stop_criteria[stops]
+
+    def _finish(self, seq: Sequence, reason: FinishReason, cancelled: bool = False) -> None:
+        session: Session = seq.session
+        text = ""
+        if seq.generated:
+            full, ends = decode_with_ends(self.tokenizer, seq.generated)
+            session.append(seq.generated, full, ends)
+            text, reason = self._cut(full, ends, reason, seq.state.get("stops", ()), seq.request.close_thinking)
+        now = time.perf_counter()
+        result = StepResult(
+            token_ids=list(seq.generated),
+            text=text,
+            finish_reason=reason,
+            entropy=seq.entropy,
+            routed=reason == "routed",
+            context_tokens=seq.context_tokens,
+            reused_tokens=seq.reused_tokens,
+            prefill_tokens=seq.prefill_tokens,
+            generated_tokens=len(seq.generated),
+            queue_s=seq.admitted - seq.submitted,
+            prefill_s=seq.prefill_s,
+            decode_s=now - seq.decode_start,
+            replica=self.replica,
+        )
+        self._retire(seq)
+        seq.on_done(asyncio.CancelledError() if cancelled else result)
+
+    def _cut(
+        self,
+        full: str,
+        ends: list[int],
+        reason: FinishReason,
+        stops: tuple[str, ...],
+        answering: bool,
+    ) -> tuple[str, FinishReason]:
+        """The step text the loop sees: up to and including the delimiter, or up to the
+        think-end marker (excluded), or without the EOS token."""
+        if reason == "eos":
+            return full[: ends[-2]] if len(ends) > 1 else "", reason
+        if reason != "delimiter":
+            return full, reason
+        hits = [(full.find(s), s) for s in stops if s in full]
+        if not hits:
+            return full, reason
+        index, stop = min(hits)
+        if stop == self.think_end and not answering:
+            return full[:index], "think_end"
+        return full[: index + len(stop)], "delimiter"
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        session = seq.session
+        if session is not None:
+            # Its cache may hold tokens the session's text does not: start it afresh.
+            session.busy = False
+            self.sessions.release(session.session_id)
+        if seq in self.scheduler.running:
+            self.scheduler.finish(seq)
+        seq.on_done(exc)
+
+    def _retire(self, seq: Sequence) -> None:
+        session_id = seq.session.session_id
+        seq.session.busy = False
+        self.scheduler.finish(seq)
+        if session_id in self._deferred_releases:
+            self._deferred_releases.discard(session_id)
+            self.sessions.release(session_id)
+        self.sessions.evict()
+
+
+def _resolve(future: asyncio.Future[StepResult], outcome: StepResult | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def _max_context(model: Any, tokenizer: Any) -> int:
+    value = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(value, int) and value > 0:
+        return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 1 << 30 else 1 << 20
+
+
+__all__ = ["DoneCallback", "HFEngine", "resolve_dtype"]

@@ -1,0 +1,80 @@
+"""Request queue and admission, in the manner of nano-vllm's scheduler.
+
+Requests wait in FIFO order and are admitted while fewer than ``max_running`` are in
+flight. A request whose session is busy (another call for the same session is running)
+waits without blocking the requests behind it, so nothing starves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from glimp_ray.types import StepRequest, StepResult
+
+DoneCallback = Callable[[StepResult | BaseException], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in flight, with the engine's per-request decoding state."""
+
+    request: StepRequest
+    on_done: DoneCallback
+    submitted: float = field(default_factory=time.perf_counter)
+    aborted: bool = False
+    session: Any = None
+    generated: list[int] = field(default_factory=list)
+    logits: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+    entropy: float | None = None
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    context_tokens: int = 0
+    max_tokens: int = 0
+    admitted: float = 0.0
+    prefill_s: float = 0.0
+    decode_start: float = 0.0
+
+
+class Scheduler:
+    """Waiting queue and running set; the engine's step loop drives it."""
+
+    def __init__(self, max_running: int):
+        if max_running < 1:
+            raise ValueError(f"max_running must be >= 1, got {max_running}")
+        self.max_running = max_running
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def admit(self, is_busy: Callable[[str], bool]) -> list[Sequence]:
+        """Move waiting requests to running, oldest first, skipping busy sessions."""
+        admitted: list[Sequence] = []
+        deferred: deque[Sequence] = deque()
+        while self.waiting and len(self.running) < self.max_running:
+            seq = self.waiting.popleft()
+            if seq.aborted:
+                continue
+            if is_busy(seq.request.session_id) or any(
+                s.request.session_id == seq.request.session_id for s in admitted
+            ):
+                deferred.append(seq)
+                continue
+            seq.admitted = time.perf_counter()
+            self.running.append(seq)
+            admitted.append(seq)
+        self.waiting.extendleft(reversed(deferred))
+        return admitted
+
+    def finish(self, seq: Sequence) -> None:
+        self.running.remove(seq)

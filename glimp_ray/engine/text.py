@@ -1,0 +1,65 @@
+"""Text ↔ tokens for the engine: prompt rendering and exact token text boundaries."""
+
+from __future__ import annotations
+
+from itertools import accumulate
+from typing import Any
+
+from glimp_ray.engine.base import EngineError
+from glimp_ray.types import StepRequest
+
+
+def render_prompt(
+    tokenizer: Any, request: StepRequest, think_start: str, think_end: str
+) -> tuple[str, bool]:
+    """The full text this model should see; returns ``(text, rendered_by_template)``.
+
+    The model's own chat template renders the messages (the two pools may use different
+    templates). The think-start marker is added unless the template already ends with
+    it; with ``close_thinking`` the model's own think-end marker closes the thinking.
+    """
+    if request.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise EngineError("this model has no chat template; send a raw prompt instead")
+        base = tokenizer.apply_chat_template(
+            [dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
+        )
+        templated = True
+    else:
+        assert request.prompt is not None
+        base, templated = request.prompt, False
+    if think_start and not base.rstrip().endswith(think_start):
+        base += think_start + "\n"
+    text = base + request.transcript
+    if request.close_thinking and think_end:
+        text += think_end + "\n\n"
+    return text, templated
+
+
+def decode_with_ends(tokenizer: Any, token_ids: list[int]) -> tuple[str, list[int]]:
+    """Decode ``token_ids`` and give, per token, the length of text the prefix covers.
+
+    Where a token does not decode on its own (a partial UTF-8 character), its end is
+    moved forward to the next token that completes valid text, so a prefix match can
+    never keep a token whose text diverged.
+    """
+    kwargs = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    text = tokenizer.decode(token_ids, **kwargs)
+    pieces = tokenizer.batch_decode([[t] for t in token_ids], **kwargs)
+    if "".join(pieces) == text:
+        return text, list(accumulate(len(p) for p in pieces))
+    ends: list[int | None] = []
+    for k in range(1, len(token_ids) + 1):
+        prefix = tokenizer.decode(token_ids[:k], **kwargs)
+        ends.append(len(prefix) if text.startswith(prefix) and "\ufffd" not in prefix[-1:] else None)
+    ends[-1] = len(text)
+    resolved: list[int] = []
+    next_end = len(text)
+    for end in reversed(ends):
+        next_end = end if end is not None else next_end
+        resolved.append(next_end)
+    resolved.reverse()
+    # Keep ends non-decreasing even if a decoder produced an odd prefix.
+    for i in range(len(resolved) - 2, -1, -1):
+        resolved[i] = min(resolved[i], resolved[i + 1])
+    return text, resolved
