@@ -70,8 +70,9 @@ class CollabParams:
         for name in ("step_max_tokens", "thinking_budget", "answer_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.random_p <= 1:
+            raise ValueError(f"random_p must be in [0, 1], got {self.random_p}")
         # Checked here so a bad value fails before any model is called.
-        make_policy(self.policy, self.threshold, self.random_p)
         GlimpseSpec(self.entropy, self.top_k)
         SamplingParams(self.temperature, self.top_p)
 

@@ -63,15 +63,18 @@ def build_tokenizer(vocab_size: int, specials: list[str], eos: str, bos: str | N
 
 
 def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write a small (Qwen2, ChatML) and a large (Llama, DeepSeek-style) model under ``root``."""
+    """Write a small (Qwen2, ChatML, character-level) and a large (Llama, DeepSeek-style,
+    BPE) model under ``root``; returns their directories."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     root = Path(root)
     small_dir, large_dir = root / "small", root / "large"
 
+    # The small tokenizer is character-level (no merges), so text round-trips to the same
+    # tokens; the large one merges, as real BPE vocabularies do.
     small_tok = build_tokenizer(
-        320, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"], "<|im_end|>", None, CHATML_TEMPLATE
+        1, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"], "<|im_end|>", None, CHATML_TEMPLATE
     )
     large_tok = build_tokenizer(
         400, ["<|pad|>", "<|begin|>", "<|end|>", "<|User|>", "<|Assistant|>", "<think>", "</think>"],
@@ -96,6 +99,10 @@ def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
         )
     )
     for model, tok, path in ((small, small_tok, small_dir), (large, large_tok, large_dir)):
+        # Zero logits for special tokens keep greedy decoding from ending at once on a
+        # random EOS or </think>, so tests get multi-step reasoning; sampling still can.
+        with torch.no_grad():
+            model.lm_head.weight[tok.all_special_ids + tok.convert_tokens_to_ids(["<think>", "</think>"])] = 0
         model.save_pretrained(path)
         tok.save_pretrained(path)
     return small_dir, large_dir

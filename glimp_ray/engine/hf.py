@@ -79,6 +79,7 @@ class HFEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.forwarded_tokens = 0  # every token ever run through the model, for accounting
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
@@ -199,6 +200,7 @@ class HFEngine:
         inputs = torch.tensor([token_ids], device=self.device)
         out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache})
         session.kv_len += len(token_ids)
+        self.forwarded_tokens += len(token_ids)
         return out.logits[0, -1]
 
     def _prefill(self, seq: Sequence) -> None:

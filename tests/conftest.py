@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny model pair per test session, built locally (no network)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from glimp_ray.tiny import build_tiny_pair
+
+    return build_tiny_pair(tmp_path_factory.mktemp("tiny-models"), seed=0)
+
+
+@pytest.fixture
+def make_engine(tiny_pair: tuple[Path, Path]) -> Iterator[Callable[..., object]]:
+    """``make_engine("small" | "large", **engine_kwargs)``: a fresh engine, closed after the test."""
+    from glimp_ray.engine.hf import HFEngine
+
+    engines: list[HFEngine] = []
+
+    def make(which: str = "small", **kwargs: object) -> HFEngine:
+        path = tiny_pair[0] if which == "small" else tiny_pair[1]
+        engine = HFEngine.load(str(path), **kwargs)  # type: ignore[arg-type]
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()

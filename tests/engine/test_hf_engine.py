@@ -1,0 +1,251 @@
+"""The transformers engine on tiny random models built in the test session."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from typing import Any
+
+import pytest
+import torch
+
+from glimp_ray.collab import CollabParams, Collaborator
+from glimp_ray.engine.base import EngineError, PromptTooLongError
+from glimp_ray.engine.text import render_prompt
+from glimp_ray.entropy import glimpse_entropy
+from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
+
+MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
+GREEDY = SamplingParams(temperature=0)
+# A space delimiter gives the random tiny models many steps; greedy keeps them exact.
+PARAMS = CollabParams(temperature=0, delimiter=" ", step_max_tokens=24, thinking_budget=150, answer_max_tokens=12)
+
+
+def step(engine: Any, **kwargs: Any) -> StepResult:
+    if "prompt" not in kwargs:
+        kwargs.setdefault("messages", MESSAGES)
+    return asyncio.run(engine.step(StepRequest(**kwargs)))
+
+
+def greedy(max_tokens: int, stop: tuple[str, ...] = ()) -> GenerateSpec:
+    return GenerateSpec(max_tokens, stop, GREEDY)
+
+
+class KeepSessions:
+    """Forwards steps but not releases, so a test can inspect the sessions afterwards."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.results: list[StepResult] = []
+
+    async def step(self, request: StepRequest) -> StepResult:
+        result = await self.engine.step(request)
+        self.results.append(result)
+        return result
+
+    async def release(self, session_id: str) -> None:
+        pass
+
+
+class AlwaysCold(KeepSessions):
+    """Releases the session after every call: every call is served from scratch."""
+
+    async def step(self, request: StepRequest) -> StepResult:
+        result = await super().step(request)
+        await self.engine.release(request.session_id)
+        return result
+
+
+def median_threshold(make_engine: Any) -> float:
+    collab = Collaborator(make_engine("small"), make_engine("large"), PARAMS)
+    result = asyncio.run(collab.run(MESSAGES, policy="small"))
+    return statistics.median(s.entropy for s in result.steps)
+
+
+def test_glimpse_entropy_matches_a_plain_forward(make_engine: Any) -> None:
+    engine = make_engine("small")
+    text, _ = render_prompt(engine.tokenizer, StepRequest("p", MESSAGES, glimpse=GlimpseSpec()), "<think>", "</think>")
+    ids = torch.tensor([engine.tokenizer.encode(text, add_special_tokens=False)])
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids).logits[0, -1]
+    full = step(engine, session_id="a", glimpse=GlimpseSpec("full"))
+    topk = step(engine, session_id="b", glimpse=GlimpseSpec("topk", top_k=20))
+    assert full.finish_reason == "glimpse" and full.token_ids == []
+    assert full.entropy == pytest.approx(glimpse_entropy(logits, "full"), abs=1e-5)
+    assert topk.entropy == pytest.approx(glimpse_entropy(logits, "topk", 20), abs=1e-5)
+
+
+def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
+    tau = median_threshold(make_engine)
+    results = {}
+    for mode in ("fused", "paper"):
+        collab = Collaborator(make_engine("small"), make_engine("large"), PARAMS)
+        results[mode] = asyncio.run(collab.run(MESSAGES, threshold=tau, mode=mode))
+    fused, paper = results["fused"], results["paper"]
+    assert {s.model for s in fused.steps} == {"small", "large"}  # both routes exercised
+    assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
+    assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
+    assert [s.entropy for s in fused.steps] == pytest.approx([s.entropy for s in paper.steps])
+
+
+def test_each_model_forwards_each_transcript_token_once(make_engine: Any) -> None:
+    tau = median_threshold(make_engine)
+    small, large = make_engine("small"), make_engine("large")
+    clients = {"small": KeepSessions(small), "large": KeepSessions(large)}
+    result = asyncio.run(
+        Collaborator(clients["small"], clients["large"], PARAMS).run(MESSAGES, threshold=tau, request_id="r")
+    )
+    assert {s.model for s in result.steps} == {"small", "large"}
+    for route, engine in (("small", small), ("large", large)):
+        session = engine.sessions.peek(f"r:{route}")
+        results = clients[route].results
+        # No token ran through the model twice, and the counters add up to it.
+        assert engine.forwarded_tokens == session.kv_len
+        decoded = sum(max(r.generated_tokens - 1, 0) for r in results)
+        assert sum(r.prefill_tokens for r in results) + decoded == engine.forwarded_tokens
+        # After its first call, a model prefills only text it has not seen.
+        assert all(r.reused_tokens > 0 for r in results[1:])
+        assert sum(r.prefill_tokens for r in results) < session.kv_len
+
+
+def test_an_engine_that_never_saw_the_session_gives_the_same_output(make_engine: Any) -> None:
+    # The small tokenizer is character-level, so a cold engine re-tokenizing the transcript
+    # sees exactly the tokens the warm engine kept.
+    params = PARAMS.replace(policy="small")
+    warm = asyncio.run(Collaborator(KeepSessions(make_engine("small")), make_engine("large"), params).run(MESSAGES))
+    cold_client = AlwaysCold(make_engine("small"))
+    cold = asyncio.run(Collaborator(cold_client, make_engine("large"), params).run(MESSAGES))
+    assert len(warm.steps) > 2
+    assert cold.reasoning == warm.reasoning and cold.answer == warm.answer
+    assert all(r.reused_tokens == 0 for r in cold_client.results)
+
+
+def test_routed_glimpse_leaves_no_token_in_the_cache(make_engine: Any) -> None:
+    engine = make_engine("small")
+    routed = step(engine, session_id="s", glimpse=GlimpseSpec(threshold=-1.0), generate=greedy(8))
+    assert routed.routed and routed.finish_reason == "routed" and routed.token_ids == []
+    session = engine.sessions.peek("s")
+    assert len(session.tokens) == session.kv_len == routed.context_tokens
+    # The same step kept small afterwards reuses the whole prefix.
+    kept = step(engine, session_id="s", glimpse=GlimpseSpec(threshold=None), generate=greedy(8))
+    assert kept.entropy == pytest.approx(routed.entropy)
+    assert kept.reused_tokens == routed.context_tokens - 1 and kept.prefill_tokens == 1
+
+
+def test_stops_at_the_delimiter_keeping_it_in_the_step(make_engine: Any) -> None:
+    engine = make_engine("large")
+    free = step(engine, session_id="free", generate=greedy(60))
+    delimiter = free.text[20:22]  # two characters the model is known to produce
+    first = free.text.find(delimiter)
+    cut = step(engine, session_id="cut", generate=greedy(60, (delimiter,)))
+    assert cut.finish_reason == "delimiter"
+    assert cut.text == free.text[: first + len(delimiter)]
+
+
+def test_think_end_marker_ends_thinking_but_not_the_answer(make_engine: Any) -> None:
+    probe = make_engine("small")
+    free = step(probe, session_id="p", generate=greedy(40))
+    marker = free.text[10:13]
+    engine = make_engine("small", think_end=marker)
+    thinking = step(engine, session_id="t", generate=greedy(40, ("never-seen",)))
+    assert thinking.finish_reason == "think_end"
+    assert thinking.text == free.text[: free.text.find(marker)]
+    answer = step(engine, session_id="a", close_thinking=True, generate=greedy(5))
+    assert answer.finish_reason == "length" and answer.generated_tokens == 5
+
+
+def test_eos_ends_generation_and_is_not_in_the_text(make_engine: Any) -> None:
+    engine = make_engine("small")
+    free = step(engine, session_id="p", generate=greedy(30))
+    eos = free.token_ids[7]
+    engine.eos_ids = frozenset({eos})
+    ended = step(engine, session_id="e", generate=greedy(30))
+    index = free.token_ids.index(eos)
+    assert ended.finish_reason == "eos"
+    assert ended.token_ids == free.token_ids[: index + 1]
+    assert ended.text == engine.tokenizer.decode(free.token_ids[:index])
+
+
+def test_length_limit_and_seeded_sampling(make_engine: Any) -> None:
+    engine = make_engine("large")
+    spec = GenerateSpec(12, (), SamplingParams(temperature=0.9, top_p=0.9, seed=7))
+    a = step(engine, session_id="a", generate=spec)
+    b = step(engine, session_id="b", generate=spec)
+    c = step(engine, session_id="c", generate=GenerateSpec(12, (), SamplingParams(0.9, 0.9, seed=8)))
+    assert a.finish_reason == "length" and a.generated_tokens == 12
+    assert a.token_ids == b.token_ids != c.token_ids
+    assert a.decode_s > 0 and a.prefill_s > 0 and a.queue_s >= 0
+
+
+def test_different_tokenizers_and_templates(make_engine: Any) -> None:
+    small, large = make_engine("small"), make_engine("large")
+    request = StepRequest("x", MESSAGES, transcript="So 6 x 7 = 42", generate=greedy(4))
+    small_text, _ = render_prompt(small.tokenizer, request, "<think>", "</think>")
+    large_text, _ = render_prompt(large.tokenizer, request, "<think>", "</think>")
+    assert small_text.startswith("<|im_start|>user") and large_text.startswith("<|begin|><|User|>")
+    assert small_text.endswith("<think>\nSo 6 x 7 = 42") and large_text.endswith("<think>\nSo 6 x 7 = 42")
+    assert len(small.tokenizer) != len(large.tokenizer)
+    assert step(small, session_id="s", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
+    assert step(large, session_id="l", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
+
+
+def test_prompt_too_long_is_a_clear_error_and_the_engine_keeps_serving(make_engine: Any) -> None:
+    engine = make_engine("small", max_context=64)
+    with pytest.raises(PromptTooLongError, match="context of 64"):
+        step(engine, session_id="long", prompt="x" * 200, generate=greedy(4))
+    assert "long" not in engine.sessions
+    assert step(engine, session_id="ok", prompt="hi", generate=greedy(4)).generated_tokens == 4
+
+
+def test_generation_is_capped_by_the_context(make_engine: Any) -> None:
+    engine = make_engine("small", max_context=40)
+    result = step(engine, session_id="s", prompt="hello", generate=greedy(500))
+    assert result.finish_reason == "length"
+    assert result.context_tokens + result.generated_tokens == 40
+
+
+def test_messages_need_a_chat_template(make_engine: Any) -> None:
+    engine = make_engine("small")
+    engine.tokenizer.chat_template = None
+    with pytest.raises(EngineError, match="no chat template"):
+        step(engine, session_id="s", generate=greedy(2))
+
+
+def test_sessions_are_bounded_and_released(make_engine: Any) -> None:
+    engine = make_engine("small", max_sessions=2)
+    for sid in ("a", "b", "c"):
+        step(engine, session_id=sid, prompt=f"prompt {sid}", generate=greedy(3))
+    assert "a" not in engine.sessions and "b" in engine.sessions and "c" in engine.sessions
+    asyncio.run(engine.release("b"))
+    step(engine, session_id="c", prompt="prompt c", generate=greedy(1))  # the loop applies releases
+    assert "b" not in engine.sessions
+
+
+def test_cancelled_request_frees_its_session(make_engine: Any) -> None:
+    engine = make_engine("large")
+
+    async def cancel_then_serve() -> StepResult:
+        task = asyncio.ensure_future(engine.step(StepRequest("s", MESSAGES, generate=greedy(900))))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await engine.step(StepRequest("s", MESSAGES, generate=greedy(3)))
+
+    result = asyncio.run(cancel_then_serve())
+    assert result.generated_tokens == 3
+    assert not engine.sessions.peek("s").busy
+    assert engine.scheduler.running == []
+
+
+def test_concurrent_sessions_are_all_served(make_engine: Any) -> None:
+    engine = make_engine("small", max_running=2)
+
+    async def many() -> list[StepResult]:
+        requests = [StepRequest(f"s{i}", prompt=f"question {i}", generate=greedy(6)) for i in range(5)]
+        return await asyncio.gather(*(engine.step(r) for r in requests))
+
+    results = asyncio.run(many())
+    alone = step(engine, session_id="alone", prompt="question 3", generate=greedy(6))
+    assert [r.generated_tokens for r in results] == [6] * 5
+    assert results[3].token_ids == alone.token_ids  # interleaving does not change outputs
