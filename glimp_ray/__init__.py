@@ -1,6 +1,6 @@
 """glimp-ray: GlimpRouter's step-wise collaboration between a small and a large reasoning model."""
 
-from glimp_ray.collab import CollabParams, CollabResult, Collaborator, StepRecord
+from glimp_ray.collab import Collaborator, CollabParams, CollabResult, StepRecord
 from glimp_ray.engine.base import EngineError, PromptTooLongError, StepClient
 from glimp_ray.policies import make_policy
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult

@@ -84,9 +84,9 @@ class GlimpConfig(_Strict):
 
     small: ModelConfig = Field(description="The small model that glimpses every step.")
     large: ModelConfig = Field(description="The large model that writes high-entropy steps.")
-    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Routing policy.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Budgets and delimiter.")
+    routing: RoutingConfig = Field(RoutingConfig(), description="Routing policy.")
+    sampling: SamplingConfig = Field(SamplingConfig(), description="Sampling.")
+    limits: LimitsConfig = Field(LimitsConfig(), description="Budgets and delimiter.")
 
     def collab_params(self) -> CollabParams:
         """The loop's parameters from this config."""

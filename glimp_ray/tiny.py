@@ -33,7 +33,11 @@ DEEPSEEK_TEMPLATE = (
 
 def _byte_of(char: str) -> int:
     """Inverse of GPT-2's byte-to-unicode map used by byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     if ord(char) in printable:
         return ord(char)
     others = [b for b in range(256) if b not in printable]
@@ -57,7 +61,9 @@ def build_tokenizer(vocab_size: int, specials: list[str], eos: str, bos: str | N
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS * 4, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=specials[0])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=specials[0]
+    )
     hf.chat_template = template
     return hf
 
@@ -74,27 +80,48 @@ def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     # The small tokenizer is character-level (no merges), so text round-trips to the same
     # tokens; the large one merges, as real BPE vocabularies do.
     small_tok = build_tokenizer(
-        1, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"], "<|im_end|>", None, CHATML_TEMPLATE
+        1,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        "<|im_end|>",
+        None,
+        CHATML_TEMPLATE,
     )
     large_tok = build_tokenizer(
-        400, ["<|pad|>", "<|begin|>", "<|end|>", "<|User|>", "<|Assistant|>", "<think>", "</think>"],
-        "<|end|>", "<|begin|>", DEEPSEEK_TEMPLATE,
+        400,
+        ["<|pad|>", "<|begin|>", "<|end|>", "<|User|>", "<|Assistant|>", "<think>", "</think>"],
+        "<|end|>",
+        "<|begin|>",
+        DEEPSEEK_TEMPLATE,
     )
     torch.manual_seed(seed)
     small = Qwen2ForCausalLM(
         Qwen2Config(
-            vocab_size=len(small_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-            initializer_range=0.4, tie_word_embeddings=False,
-            eos_token_id=small_tok.eos_token_id, pad_token_id=small_tok.pad_token_id,
+            vocab_size=len(small_tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            initializer_range=0.4,
+            tie_word_embeddings=False,
+            eos_token_id=small_tok.eos_token_id,
+            pad_token_id=small_tok.pad_token_id,
         )
     )
     large = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=len(large_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-            initializer_range=0.4, tie_word_embeddings=False,
-            eos_token_id=large_tok.eos_token_id, bos_token_id=large_tok.bos_token_id,
+            vocab_size=len(large_tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            initializer_range=0.4,
+            tie_word_embeddings=False,
+            eos_token_id=large_tok.eos_token_id,
+            bos_token_id=large_tok.bos_token_id,
             pad_token_id=large_tok.pad_token_id,
         )
     )

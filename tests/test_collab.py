@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from glimp_ray.collab import CollabParams, Collaborator
+from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep
 from glimp_ray.types import StepRequest, StepResult
 
@@ -15,7 +15,9 @@ MESSAGES = [{"role": "user", "content": "What is 6 x 7?"}]
 ENTROPIES = [0.5, 2.0, 0.9, 1.5, 0.1]
 
 
-def scripted_pair(entropies: list[float] = ENTROPIES, last: str = "think_end") -> tuple[ScriptedEngine, ScriptedEngine]:
+def scripted_pair(
+    entropies: list[float] = ENTROPIES, last: str = "think_end"
+) -> tuple[ScriptedEngine, ScriptedEngine]:
     n = len(entropies)
     small = ScriptedEngine(
         "small",

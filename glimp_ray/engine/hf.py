@@ -31,7 +31,13 @@ from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 # Worker threads are stopped before interpreter shutdown tears down torch underneath them.
 _LIVE_ENGINES: weakref.WeakSet[HFEngine] = weakref.WeakSet()
-atexit.register(lambda: [engine.close() for engine in list(_LIVE_ENGINES)])
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
+
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -110,7 +116,7 @@ class HFEngine:
         except OSError as exc:
             raise EngineError(f"cannot load model {model!r}: {exc}") from exc
         engine_kwargs.setdefault("name", os.path.basename(os.path.normpath(model)))
-        return cls(lm.to(device), tok, **engine_kwargs)
+        return cls(lm.to(device), tok, **engine_kwargs)  # type: ignore[arg-type]
 
     # -- the async front: the StepClient interface ------------------------------------
 
@@ -198,7 +204,9 @@ class HFEngine:
         if session.cache is None:
             session.cache = DynamicCache(config=self.model.config)
         inputs = torch.tensor([token_ids], device=self.device)
-        out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache})
+        out = self.model(
+            input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache}
+        )
         session.kv_len += len(token_ids)
         self.forwarded_tokens += len(token_ids)
         return out.logits[0, -1]
@@ -285,7 +293,9 @@ class HFEngine:
         if seq.generated:
             full, ends = decode_with_ends(self.tokenizer, seq.generated)
             session.append(seq.generated, full, ends)
-            text, reason = self._cut(full, ends, reason, seq.state.get("stops", ()), seq.request.close_thinking)
+            text, reason = self._cut(
+                full, ends, reason, seq.state.get("stops", ()), seq.request.close_thinking
+            )
         now = time.perf_counter()
         result = StepResult(
             token_ids=list(seq.generated),

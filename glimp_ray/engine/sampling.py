@@ -38,6 +38,6 @@ def sample_token(
     """Sample from ``logits`` (shape ``[vocab]``); ``input_ids`` is ``[1, seq]``."""
     if params.temperature == 0:
         return int(torch.argmax(logits))
-    scores = processors(input_ids, logits.float().unsqueeze(0))
+    scores = processors(input_ids, logits.float().unsqueeze(0))  # type: ignore[arg-type]
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -9,9 +9,7 @@ from glimp_ray.engine.base import EngineError
 from glimp_ray.types import StepRequest
 
 
-def render_prompt(
-    tokenizer: Any, request: StepRequest, think_start: str, think_end: str
-) -> tuple[str, bool]:
+def render_prompt(tokenizer: Any, request: StepRequest, think_start: str, think_end: str) -> tuple[str, bool]:
     """The full text this model should see; returns ``(text, rendered_by_template)``.
 
     The model's own chat template renders the messages (the two pools may use different

@@ -6,7 +6,8 @@ from glimp_ray.engine.session import Session, SessionCache, common_prefix_len
 
 
 @pytest.mark.parametrize(
-    ("a", "b", "n"), [("", "abc", 0), ("abc", "abcdef", 3), ("abcdef", "abc", 3), ("abxd", "abyd", 2), ("x", "y", 0)]
+    ("a", "b", "n"),
+    [("", "abc", 0), ("abc", "abcdef", 3), ("abcdef", "abc", 3), ("abxd", "abyd", 2), ("x", "y", 0)],
 )
 def test_common_prefix_len(a: str, b: str, n: int) -> None:
     assert common_prefix_len(a, b) == n

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glimp_ray.config import ConfigError, load_config, parse_config
+
+VALID = """
+small: {model: /models/small}
+large: {model: /models/large, device: cuda, dtype: bfloat16}
+routing: {policy: entropy, threshold: 0.8, entropy: topk, top_k: 20}
+sampling: {temperature: 0.6, top_p: 0.95, seed: 3}
+limits: {step_max_tokens: 256, thinking_budget: 4096}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_maps_to_loop_parameters(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    params = config.collab_params()
+    assert (params.threshold, params.entropy, params.seed) == (0.8, "topk", 3)
+    assert (params.step_max_tokens, params.thinking_budget, params.answer_max_tokens) == (256, 4096, 2048)
+    assert params.delimiter == "\n\n" and params.mode == "fused"
+    assert config.large.engine_kwargs()["dtype"] == "bfloat16"
+    assert "name" not in config.small.engine_kwargs()
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("small: {model: a}\n", "large"),
+        ("small: {model: a}\nlarge: {model: b, colour: red}\n", "large.colour"),
+        ("small: {model: a}\nlarge: {model: b}\nrouting: {policy: smart}\n", "routing.policy"),
+        ("small: {model: a}\nlarge: {model: b}\nsampling: {temperature: -0.1}\n", "sampling.temperature"),
+        ("small: {model: a}\nlarge: {model: b}\nsampling: {top_p: 0}\n", "sampling.top_p"),
+        ("small: {model: a}\nlarge: {model: b}\nlimits: {step_max_tokens: 0}\n", "limits.step_max_tokens"),
+        ("small: {model: a}\nlarge: {model: b}\nlimits: {delimiter: ''}\n", "limits.delimiter"),
+        ("small: {model: a, max_sessions: 0}\nlarge: {model: b}\n", "small.max_sessions"),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"(?m)^  {field}:"):
+        load_config(write(tmp_path, text))
+
+
+def test_unreadable_configs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "small: [unclosed"))
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config(["a list"])
