@@ -110,6 +110,7 @@ class StepRecord:
     decode_s: float = 0.0
     replica: str = ""
     glimpse_replica: str = ""
+    glimpse_prefill_tokens: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -248,7 +249,7 @@ class _Run:
         p = self.params
         entropy: float | None = None
         glimpse_s = 0.0
-        glimpse_replica = ""
+        glimpse: StepResult | None = None
         route: Route | None = None
 
         if self.policy.needs_glimpse and p.mode == "paper":
@@ -256,7 +257,7 @@ class _Run:
             t0 = time.perf_counter()
             glimpse = await self._call(SMALL, glimpse=self._glimpse(None))
             glimpse_s = time.perf_counter() - t0
-            entropy, glimpse_replica = glimpse.entropy, glimpse.replica
+            entropy = glimpse.entropy
             route = self.policy(entropy, self.rng)
         elif not self.policy.needs_glimpse:
             route = self.policy(None, self.rng)
@@ -274,7 +275,7 @@ class _Run:
                 entropy = result.entropy
             if result.routed:
                 glimpse_s += time.perf_counter() - t0
-                glimpse_replica = result.replica
+                glimpse = result
                 t0 = time.perf_counter()
                 result = await self._call(LARGE, generate=generate(LARGE))
                 route = LARGE
@@ -283,7 +284,7 @@ class _Run:
         else:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
-        return _record(index, route, result, entropy, latency, glimpse_s, glimpse_replica)
+        return _record(index, route, result, entropy, latency, glimpse_s, glimpse)
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:
         p = self.params
@@ -314,7 +315,7 @@ class _Run:
             close_thinking=True,
             generate=GenerateSpec(p.answer_max_tokens, (), self._sampling(-1, answer_route)),
         )
-        answer = _record(-1, answer_route, result, None, time.perf_counter() - t0, 0.0, "")
+        answer = _record(-1, answer_route, result, None, time.perf_counter() - t0, 0.0, None)
         yield CollabResult(
             request_id=self.request_id,
             reasoning=self.transcript.rstrip(),
@@ -339,8 +340,9 @@ def _record(
     entropy: float | None,
     latency_s: float,
     glimpse_s: float,
-    glimpse_replica: str,
+    glimpse: StepResult | None,
 ) -> StepRecord:
+    """``glimpse`` is the separate small call (paper mode) or the routed fused call."""
     return StepRecord(
         index=index,
         model=route,
@@ -356,5 +358,6 @@ def _record(
         prefill_s=result.prefill_s,
         decode_s=result.decode_s,
         replica=result.replica,
-        glimpse_replica=glimpse_replica,
+        glimpse_replica=glimpse.replica if glimpse else "",
+        glimpse_prefill_tokens=glimpse.prefill_tokens if glimpse else 0,
     )

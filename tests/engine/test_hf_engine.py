@@ -90,6 +90,9 @@ def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
     assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
     assert [s.entropy for s in fused.steps] == pytest.approx([s.entropy for s in paper.steps])
+    # A large step's record keeps what its small glimpse cost; paper mode glimpses every step.
+    assert all(s.glimpse_prefill_tokens > 0 for s in fused.steps if s.model == "large")
+    assert all(s.glimpse_prefill_tokens > 0 for s in paper.steps)
 
 
 def test_each_model_forwards_each_transcript_token_once(make_engine: Any) -> None:
