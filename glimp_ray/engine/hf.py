@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import inspect
+import logging
 import os
 import threading
 import time
@@ -28,6 +30,9 @@ from glimp_ray.engine.session import Session, SessionCache
 from glimp_ray.engine.text import decode_with_ends, render_prompt
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.types import FinishReason, StepRequest, StepResult
+
+logger = logging.getLogger(__name__)
+_MAX_STOP_CRITERIA = 64
 
 # Worker threads are stopped before interpreter shutdown tears down torch underneath them.
 _LIVE_ENGINES: weakref.WeakSet[HFEngine] = weakref.WeakSet()
@@ -125,7 +130,9 @@ class HFEngine:
         future: asyncio.Future[StepResult] = loop.create_future()
 
         def done(outcome: StepResult | BaseException) -> None:
-            loop.call_soon_threadsafe(_resolve, future, outcome)
+            # The caller's loop may be gone (e.g. asyncio.run timed out): nobody to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future, outcome)
 
         seq = Sequence(request, done)
         self._submit(seq)
@@ -153,7 +160,7 @@ class HFEngine:
             if self._closed:
                 raise EngineError("engine is closed")
             self._inbox.append(seq)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=f"engine-{self.name}", daemon=True)
                 self._thread.start()
                 _LIVE_ENGINES.add(self)
@@ -173,7 +180,12 @@ class HFEngine:
             for session_id in releases:
                 if not self.sessions.release(session_id) and session_id in self.sessions:
                     self._deferred_releases.add(session_id)  # busy: done when its request ends
-            self.run_once()
+            try:
+                self.run_once()
+            except Exception:  # a bug must fail requests, not silently stop the worker
+                logger.exception("engine step loop failed; failing its running requests")
+                for seq in list(self.scheduler.running):
+                    self._fail(seq, EngineError("engine step loop failed"))
         for seq in [*self._inbox, *self.scheduler.waiting, *self.scheduler.running]:
             seq.on_done(EngineError("engine closed"))
 
@@ -185,7 +197,7 @@ class HFEngine:
             self._guarded(seq, self._prefill)
         for seq in list(self.scheduler.running):
             if seq.aborted:
-                self._finish(seq, "length", cancelled=True)
+                self._guarded(seq, lambda s: self._finish(s, "length", cancelled=True))
             else:
                 self._guarded(seq, self._decode)
 
@@ -284,6 +296,8 @@ class HFEngine:
         if not stops:
             return None
         if stops not in self._stop_criteria:
+            if len(self._stop_criteria) >= _MAX_STOP_CRITERIA:
+                self._stop_criteria.pop(next(iter(self._stop_criteria)))
             self._stop_criteria[stops] = StopStringCriteria(self.tokenizer, list(stops))
         return self._stop_criteria[stops]
 
@@ -294,7 +308,7 @@ class HFEngine:
             full, ends = decode_with_ends(self.tokenizer, seq.generated)
             session.append(seq.generated, full, ends)
             text, reason = self._cut(
-                full, ends, reason, seq.state.get("stops", ()), seq.request.close_thinking
+                full, seq.generated, reason, seq.state.get("stops", ()), seq.request.close_thinking
             )
         now = time.perf_counter()
         result = StepResult(
@@ -318,7 +332,7 @@ class HFEngine:
     def _cut(
         self,
         full: str,
-        ends: list[int],
+        generated: list[int],
         reason: FinishReason,
         stops: tuple[str, ...],
         answering: bool,
@@ -326,9 +340,13 @@ class HFEngine:
         """The step text the loop sees: up to and including the delimiter, or up to the
         think-end marker (excluded), or without the EOS token."""
         if reason == "eos":
-            return full[: ends[-2]] if len(ends) > 1 else "", reason
+            # Decoded without the EOS token: its text must not leak into the transcript.
+            kwargs = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+            return self.tokenizer.decode(generated[:-1], **kwargs).rstrip(_REPLACEMENT), reason
         if reason != "delimiter":
-            return full, reason
+            # A length cut can fall inside a multi-byte character: leave its bytes out of
+            # the text (the next call crops the tokens that no longer match).
+            return full.rstrip(_REPLACEMENT), reason
         hits = [(full.find(s), s) for s in stops if s in full]
         if not hits:
             return full, reason
@@ -343,9 +361,11 @@ class HFEngine:
             # Its cache may hold tokens the session's text does not: start it afresh.
             session.busy = False
             self.sessions.release(session.session_id)
+            self._deferred_releases.discard(session.session_id)
         if seq in self.scheduler.running:
             self.scheduler.finish(seq)
-        seq.on_done(exc)
+        with contextlib.suppress(Exception):
+            seq.on_done(exc)
 
     def _retire(self, seq: Sequence) -> None:
         session_id = seq.session.session_id
@@ -355,6 +375,9 @@ class HFEngine:
             self._deferred_releases.discard(session_id)
             self.sessions.release(session_id)
         self.sessions.evict()
+
+
+_REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 character
 
 
 def _resolve(future: asyncio.Future[StepResult], outcome: StepResult | BaseException) -> None:

@@ -61,12 +61,17 @@ class Session:
 
     def crop_kv(self, length: int) -> None:
         if self.kv_len > length:
-            if length == 0:
-                self.cache = None
-            else:
+            try:
+                if length == 0:
+                    raise ValueError("nothing to keep")
                 # transformers >= 5 crops by a negative count of tokens to remove.
                 self.cache.crop(length - self.kv_len)
-            self.kv_len = length
+                self.kv_len = length
+            except (ValueError, RuntimeError):
+                # Sliding-window and linear-attention caches cannot always be cropped;
+                # the tokens stay and are prefilled again from scratch.
+                self.cache = None
+                self.kv_len = 0
 
     def append(self, token_ids: list[int], text: str, relative_ends: list[int]) -> None:
         """Add tokens covering ``text``; ``relative_ends`` are offsets into ``text``."""

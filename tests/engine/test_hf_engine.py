@@ -262,3 +262,18 @@ def test_concurrent_sessions_are_all_served(make_engine: Any) -> None:
     alone = step(engine, session_id="alone", prompt="question 3", generate=greedy(6))
     assert [r.generated_tokens for r in results] == [6] * 5
     assert results[3].token_ids == alone.token_ids  # interleaving does not change outputs
+
+
+def test_engine_survives_a_caller_whose_event_loop_is_gone(make_engine: Any) -> None:
+    engine = make_engine("large")
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(engine.step(StepRequest("gone", MESSAGES, generate=greedy(900))), 0.01))
+    # The worker thread must still serve the next caller (on a new loop).
+    assert step(engine, session_id="next", generate=greedy(3)).generated_tokens == 3
+    assert engine._thread is not None and engine._thread.is_alive()
+
+
+def test_length_cut_leaves_out_an_incomplete_character(make_engine: Any) -> None:
+    engine = make_engine("small")
+    text, reason = engine._cut("x \ufffd", [1, 2, 3], "length", (" ",), False)
+    assert (text, reason) == ("x ", "length")

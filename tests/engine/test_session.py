@@ -68,3 +68,18 @@ def test_release_keeps_busy_sessions() -> None:
 def test_bounds_must_be_positive() -> None:
     with pytest.raises(ValueError):
         SessionCache(0, 10)
+
+
+class UncroppableCache:
+    """Like a sliding-window cache past its window: cropping is refused."""
+
+    def crop(self, delta: int) -> None:
+        raise RuntimeError("crop was called but the sliding window size was already reached")
+
+
+def test_a_cache_that_cannot_be_cropped_is_dropped_not_fatal() -> None:
+    session = session_with(["ab", "cd", "ef"])
+    session.cache = UncroppableCache()
+    assert session.match("abcdXX") == 2
+    # The matching tokens stay; their KV is rebuilt by the next prefill.
+    assert session.tokens == [0, 1] and session.cache is None and session.kv_len == 0
