@@ -1,0 +1,1 @@
+"""The demo: a synthetic step-by-step reasoning task with verifiable answers (issue 3)."""
