@@ -45,7 +45,14 @@ def _byte_of(char: str) -> int:
 
 
 def build_tokenizer(vocab_size: int, specials: list[str], eos: str, bos: str | None, template: str):  # type: ignore[no-untyped-def]
-    """A byte-level BPE tokenizer trained on a fixed corpus, wrapped for transformers."""
+    """A byte-level BPE tokenizer trained on the fixed tiny corpus, wrapped for transformers."""
+    return build_tokenizer_from_corpus(_CORPUS * 4, vocab_size, specials, eos, bos, template)
+
+
+def build_tokenizer_from_corpus(  # type: ignore[no-untyped-def]
+    corpus: list[str], vocab_size: int, specials: list[str], eos: str, bos: str | None, template: str
+):
+    """A byte-level BPE tokenizer (ASCII alphabet) trained on ``corpus``, for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +67,7 @@ def build_tokenizer(vocab_size: int, specials: list[str], eos: str, bos: str | N
         initial_alphabet=[c for c in pre_tokenizers.ByteLevel.alphabet() if _byte_of(c) < 128],
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=specials[0]
     )

@@ -1,0 +1,130 @@
+"""Train the demo pair on the synthetic task (CPU, deterministic seeds).
+
+    python -m glimp_ray.demo.train --out demo-models [--small-steps N] [--large-steps N]
+
+Both models share one byte-level BPE tokenizer trained on the task's text and a ChatML
+template whose generation prompt opens the thinking section. The loss covers only the
+assistant's part (thinking, answer and the end token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from glimp_ray.demo.task import Problem, make_split
+from glimp_ray.tiny import CHATML_TEMPLATE, build_tokenizer_from_corpus
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "large": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8},
+}
+
+
+def render(tokenizer: Any, problem: Problem) -> tuple[str, str]:
+    """(prompt, completion) as the engine will see them."""
+    prompt = tokenizer.apply_chat_template(problem.messages(), tokenize=False, add_generation_prompt=True)
+    completion = f"{problem.thinking()}</think>\n\n{problem.final_answer()}<|im_end|>"
+    return prompt, completion
+
+
+def build_tokenizer(train: list[Problem]) -> Any:
+    corpus = []
+    for p in train[:5000]:
+        corpus += [p.question, p.thinking(), p.final_answer()]
+    return build_tokenizer_from_corpus(corpus, 400, SPECIALS, "<|im_end|>", None, CHATML_TEMPLATE)
+
+
+def encode(tokenizer: Any, problems: list[Problem]) -> list[tuple[list[int], int]]:
+    """Token ids per example and where the completion starts."""
+    out = []
+    for problem in problems:
+        prompt, completion = render(tokenizer, problem)
+        p_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        c_ids = tokenizer.encode(completion, add_special_tokens=False)
+        out.append((p_ids + c_ids, len(p_ids)))
+    return out
+
+
+def train_model(size: str, tokenizer: Any, data: list[tuple[list[int], int]], steps: int, seed: int) -> Any:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        num_key_value_heads=SIZES[size]["num_attention_heads"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SIZES[size],
+    )
+    model = Qwen2ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3 if size == "small" else 1e-3, weight_decay=0.01)
+    rng = random.Random(seed)
+    batch_size, warmup = 32, max(1, steps // 20)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * lr_scale
+        batch = rng.sample(data, batch_size)
+        length = max(len(ids) for ids, _ in batch)
+        inputs = torch.full((batch_size, length), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, length), -100)
+        mask = torch.zeros((batch_size, length), dtype=torch.long)
+        for row, (ids, prompt_len) in enumerate(batch):
+            inputs[row, : len(ids)] = torch.tensor(ids)
+            labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            mask[row, : len(ids)] = 1
+        loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(
+                f"{size} step {step:5d} loss {loss.item():.4f} {time.perf_counter() - start:7.1f}s",
+                flush=True,
+            )
+    model.eval()
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="demo-models", help="directory for small/ and large/")
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--small-steps", type=int, default=1500)
+    parser.add_argument("--large-steps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["small", "large"], help="train one model only")
+    args = parser.parse_args(argv)
+
+    train = make_split("train", args.train_size)
+    tokenizer = build_tokenizer(train)
+    data = encode(tokenizer, train)
+    print(f"{len(data)} examples, vocab {len(tokenizer)}, max length {max(len(d) for d, _ in data)}")
+    for size, steps in (("small", args.small_steps), ("large", args.large_steps)):
+        if args.only and size != args.only:
+            continue
+        model = train_model(size, tokenizer, data, steps, args.seed)
+        path = Path(args.out) / size
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"saved {path} ({params:,} parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
