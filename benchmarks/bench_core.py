@@ -20,25 +20,9 @@ from typing import Any
 
 from glimp_ray.collab import Collaborator, CollabParams, CollabResult
 from glimp_ray.engine.hf import HFEngine
-from glimp_ray.types import StepRequest, StepResult
+from glimp_ray.engine.recording import RecordingClient
 
 MESSAGES = [{"role": "user", "content": "What is 6 times 7? Think step by step."}]
-
-
-class Recorder:
-    """Passes calls through and keeps every result (glimpse calls included)."""
-
-    def __init__(self, engine: HFEngine) -> None:
-        self.engine = engine
-        self.results: list[StepResult] = []
-
-    async def step(self, request: StepRequest) -> StepResult:
-        result = await self.engine.step(request)
-        self.results.append(result)
-        return result
-
-    async def release(self, session_id: str) -> None:
-        await self.engine.release(session_id)
 
 
 def load_pair(args: argparse.Namespace) -> tuple[HFEngine, HFEngine, CollabParams]:
@@ -60,8 +44,8 @@ def load_pair(args: argparse.Namespace) -> tuple[HFEngine, HFEngine, CollabParam
 
 def run_once(
     small: HFEngine, large: HFEngine, params: CollabParams, **overrides: Any
-) -> tuple[CollabResult, Recorder, Recorder]:
-    recorders = Recorder(small), Recorder(large)
+) -> tuple[CollabResult, RecordingClient, RecordingClient]:
+    recorders = RecordingClient(small), RecordingClient(large)
     result = asyncio.run(Collaborator(*recorders, params).run(MESSAGES, **overrides))
     return result, *recorders
 

@@ -11,6 +11,7 @@ import torch
 
 from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.base import EngineError, PromptTooLongError
+from glimp_ray.engine.recording import RecordingClient
 from glimp_ray.engine.text import render_prompt
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
@@ -33,28 +34,17 @@ def greedy(max_tokens: int, stop: tuple[str, ...] = ()) -> GenerateSpec:
     return GenerateSpec(max_tokens, stop, GREEDY)
 
 
-class KeepSessions:
+def KeepSessions(engine: Any) -> RecordingClient:
     """Forwards steps but not releases, so a test can inspect the sessions afterwards."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.results: list[StepResult] = []
-
-    async def step(self, request: StepRequest) -> StepResult:
-        result = await self.engine.step(request)
-        self.results.append(result)
-        return result
-
-    async def release(self, session_id: str) -> None:
-        pass
+    return RecordingClient(engine, forward_release=False)
 
 
-class AlwaysCold(KeepSessions):
+class AlwaysCold(RecordingClient):
     """Releases the session after every call: every call is served from scratch."""
 
     async def step(self, request: StepRequest) -> StepResult:
         result = await super().step(request)
-        await self.engine.release(request.session_id)
+        await self.client.release(request.session_id)
         return result
 
 
