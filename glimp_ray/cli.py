@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from glimp_ray.collab import CollabResult
-from glimp_ray.config import ConfigError, load_config
+from glimp_ray.config import ConfigError, GlimpConfig, load_config
 from glimp_ray.engine.base import EngineError
 
 _OVERRIDES = {
@@ -31,14 +31,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glimp-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="run one request in-process and print the answer and steps")
-    gen.add_argument("--config", required=True, help="YAML config describing both models")
+    gen.add_argument("--config", help="YAML config describing both models (default: the demo models)")
     gen.add_argument("prompt", nargs="?", help="the user's message (or the raw prompt with --raw)")
     gen.add_argument("--messages", help="JSON file holding a list of chat messages")
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without a chat template")
     gen.add_argument("--json", action="store_true", help="print machine-readable JSON")
     for name, kind in _OVERRIDES.items():
         gen.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"override {name}")
+    ev = commands.add_parser("eval", help="accuracy against latency for each routing policy")
+    ev.add_argument("--config", help="YAML config describing both models (default: the demo models)")
+    ev.add_argument("--dataset", required=True, help="'demo' or a JSONL file with problem and answer")
+    ev.add_argument("--policies", default="small,large,entropy,random", help="comma-separated policies")
+    ev.add_argument("--thresholds", help="comma-separated τ values to evaluate besides the chosen one")
+    ev.add_argument("--limit", type=int, help="test examples (default: 300 for demo, all for JSONL)")
+    ev.add_argument("--validation", help="'demo' or a JSONL file to choose τ on (default: demo for demo)")
+    ev.add_argument("--validation-limit", type=int, default=200, help="validation examples")
+    ev.add_argument("--out", default="eval-out", help="directory for results.md, results.json and the plot")
     return parser
+
+
+def _load(path: str | None) -> GlimpConfig:
+    return load_config(path) if path else GlimpConfig()
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--thresholds must be comma-separated numbers, got {text!r}") from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from glimp_ray.eval.run import run_eval
+    from glimp_ray.local import close_collaborator, load_collaborator
+    from glimp_ray.policies import POLICY_NAMES
+
+    config = _load(args.config)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = set(policies) - set(POLICY_NAMES)
+    if unknown or not policies:
+        raise ValueError(f"--policies must be drawn from {', '.join(POLICY_NAMES)}, got {args.policies!r}")
+    validation = args.validation or ("demo" if args.dataset == "demo" else None)
+    thresholds = _floats(args.thresholds)
+    collaborator = load_collaborator(config)
+    try:
+        asyncio.run(
+            run_eval(
+                collaborator,
+                args.dataset,
+                Path(args.out),
+                policies,
+                thresholds,
+                args.limit,
+                validation,
+                args.validation_limit,
+            )
+        )
+    finally:
+        close_collaborator(collaborator)
+    return 0
 
 
 def _read_messages(path: str) -> list[dict[str, str]]:
@@ -75,7 +128,7 @@ def format_steps(result: CollabResult) -> str:
 def _generate(args: argparse.Namespace) -> int:
     from glimp_ray.local import close_collaborator, load_collaborator
 
-    config = load_config(args.config)
+    config = _load(args.config)
     if args.messages and args.prompt:
         raise ValueError("give a prompt or --messages, not both")
     if args.messages:
@@ -108,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "eval":
+            return _eval(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glimp_ray.collab import CollabParams
+from glimp_ray.demo import DEMO_MODELS
 
 
 class _Strict(BaseModel):
@@ -82,8 +83,14 @@ class LimitsConfig(_Strict):
 class GlimpConfig(_Strict):
     """The whole file: both models, routing, sampling and limits."""
 
-    small: ModelConfig = Field(description="The small model that glimpses every step.")
-    large: ModelConfig = Field(description="The large model that writes high-entropy steps.")
+    small: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model=str(DEMO_MODELS / "small")),
+        description="The small model that glimpses every step (default: the shipped demo model).",
+    )
+    large: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model=str(DEMO_MODELS / "large")),
+        description="The large model that writes high-entropy steps (default: the shipped demo model).",
+    )
     routing: RoutingConfig = Field(RoutingConfig(), description="Routing policy.")
     sampling: SamplingConfig = Field(SamplingConfig(), description="Sampling.")
     limits: LimitsConfig = Field(LimitsConfig(), description="Budgets and delimiter.")

@@ -49,15 +49,38 @@ def build_tokenizer(vocab_size: int, specials: list[str], eos: str, bos: str | N
     return build_tokenizer_from_corpus(_CORPUS * 4, vocab_size, specials, eos, bos, template)
 
 
+# Qwen2's pre-tokenizer (digits split one by one). transformers 5 rebuilds a Qwen2 model's
+# tokenizer with it whatever tokenizer.json says, so a tokenizer trained for a Qwen2 model
+# must use it too, or training and serving tokenize differently.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def build_tokenizer_from_corpus(  # type: ignore[no-untyped-def]
-    corpus: list[str], vocab_size: int, specials: list[str], eos: str, bos: str | None, template: str
+    corpus: list[str],
+    vocab_size: int,
+    specials: list[str],
+    eos: str,
+    bos: str | None,
+    template: str,
+    qwen2_split: bool = False,
 ):
     """A byte-level BPE tokenizer (ASCII alphabet) trained on ``corpus``, for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2_split:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

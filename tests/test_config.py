@@ -21,6 +21,14 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_models_default_to_the_shipped_demo_pair() -> None:
+    from glimp_ray.demo import DEMO_MODELS
+
+    config = parse_config({"routing": {"threshold": 0.5}})
+    assert config.small.model == str(DEMO_MODELS / "small")
+    assert config.large.model == str(DEMO_MODELS / "large")
+
+
 def test_valid_config_maps_to_loop_parameters(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, VALID))
     params = config.collab_params()
@@ -34,7 +42,7 @@ def test_valid_config_maps_to_loop_parameters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("small: {model: a}\n", "large"),
+        ("small: {model: a}\nlarge: 3\n", "large"),
         ("small: {model: a}\nlarge: {model: b, colour: red}\n", "large.colour"),
         ("small: {model: a}\nlarge: {model: b}\nrouting: {policy: smart}\n", "routing.policy"),
         ("small: {model: a}\nlarge: {model: b}\nsampling: {temperature: -0.1}\n", "sampling.temperature"),

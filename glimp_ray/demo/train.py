@@ -13,6 +13,7 @@ import argparse
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from glimp_ray.tiny import CHATML_TEMPLATE, build_tokenizer_from_corpus
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
-    "large": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8},
+    "large": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 6},
 }
 
 
@@ -37,7 +38,21 @@ def build_tokenizer(train: list[Problem]) -> Any:
     corpus = []
     for p in train[:5000]:
         corpus += [p.question, p.thinking(), p.final_answer()]
-    return build_tokenizer_from_corpus(corpus, 400, SPECIALS, "<|im_end|>", None, CHATML_TEMPLATE)
+    return build_tokenizer_from_corpus(
+        corpus, 400, SPECIALS, "<|im_end|>", None, CHATML_TEMPLATE, qwen2_split=True
+    )
+
+
+def check_round_trip(tokenizer: Any, path: Path, texts: list[str]) -> None:
+    """The tokenizer as served (reloaded next to a Qwen2 config) must tokenize as in training."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(path)
+    for text in texts:
+        if reloaded.encode(text, add_special_tokens=False) != tokenizer.encode(
+            text, add_special_tokens=False
+        ):
+            raise RuntimeError(f"{path}: the saved tokenizer tokenizes differently: {text[:60]!r}")
 
 
 def encode(tokenizer: Any, problems: list[Problem]) -> list[tuple[list[int], int]]:
@@ -51,7 +66,15 @@ def encode(tokenizer: Any, problems: list[Problem]) -> list[tuple[list[int], int
     return out
 
 
-def train_model(size: str, tokenizer: Any, data: list[tuple[list[int], int]], steps: int, seed: int) -> Any:
+def train_model(
+    size: str,
+    tokenizer: Any,
+    data: list[tuple[list[int], int]],
+    steps: int,
+    seed: int,
+    checkpoint: Callable[[Any, int], None] | None = None,
+    every: int = 500,
+) -> Any:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -108,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["small", "large"], help="train one model only")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="save each checkpoint apart")
+    parser.add_argument("--small-hidden", type=int, default=SIZES["small"]["hidden_size"])
+    parser.add_argument("--small-layers", type=int, default=SIZES["small"]["num_hidden_layers"])
     args = parser.parse_args(argv)
+    SIZES["small"].update(
+        hidden_size=args.small_hidden,
+        intermediate_size=2 * args.small_hidden,
+        num_hidden_layers=args.small_layers,
+    )
 
     train = make_split("train", args.train_size)
     tokenizer = build_tokenizer(train)
@@ -117,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     for size, steps in (("small", args.small_steps), ("large", args.large_steps)):
         if args.only and size != args.only:
             continue
-        model = train_model(size, tokenizer, data, steps, args.seed)
         path = Path(args.out) / size
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+
+        def save(model: Any, step: int | None = None, path: Path = path) -> None:
+            target = path if step is None or not args.keep_checkpoints else Path(f"{path}-{step}")
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+
+        model = train_model(size, tokenizer, data, steps, args.seed, save)
+        save(model)
+        check_round_trip(tokenizer, path, ["".join(render(tokenizer, p)) for p in train[:200]])
         params = sum(p.numel() for p in model.parameters())
         print(f"saved {path} ({params:,} parameters)")
     return 0

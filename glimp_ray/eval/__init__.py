@@ -1,0 +1,1 @@
+"""Evaluation: accuracy against latency for every routing policy (the paper's Table 1)."""

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from glimp_ray.collab import Collaborator, CollabParams
+from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep
+from glimp_ray.eval.datasets import Dataset, Example, check_demo, check_math, load_dataset, load_jsonl
+from glimp_ray.eval.harness import RunSummary, evaluate, select_threshold, step_error_auroc
+from glimp_ray.eval.report import write_reports
+
+
+def pair() -> Collaborator:
+    # Step entropies 0.2, 2.0, 0.4, then </think>; the small model answers 41, the large 42.
+    small = ScriptedEngine(
+        "small",
+        [
+            ScriptedStep("a\n\n", 0.2),
+            ScriptedStep("b\n\n", 2.0),
+            ScriptedStep("c\n\n", 0.4),
+            ScriptedStep("", 0.1, "think_end"),
+        ],
+        answer="The answer is 41.",
+    )
+    large = ScriptedEngine(
+        "large",
+        [
+            ScriptedStep("A\n\n"),
+            ScriptedStep("B\n\n"),
+            ScriptedStep("C\n\n"),
+            ScriptedStep("", 0, "think_end"),
+        ],
+        answer="The answer is 42.",
+    )
+    return Collaborator(small, large, CollabParams())
+
+
+DATASET = Dataset("toy", [Example(str(i), f"q{i}", "42") for i in range(4)], check_demo)
+
+
+def test_evaluate_scores_accuracy_and_routing() -> None:
+    collab = pair()
+    small, _ = asyncio.run(evaluate(collab, DATASET, "small"))
+    large, _ = asyncio.run(evaluate(collab, DATASET, "large"))
+    glimp, rows = asyncio.run(evaluate(collab, DATASET, "entropy", threshold=1.0))
+    assert (small.accuracy, large.accuracy, glimp.accuracy) == (0.0, 1.0, 1.0)
+    assert small.large_step_fraction == 0.0 and large.large_step_fraction == 1.0
+    assert glimp.large_step_fraction == pytest.approx(1 / 4)  # one of four steps
+    assert small.entropies == [0.2, 2.0, 0.4, 0.1] * 4
+    assert len(rows) == 4 and all(r["correct"] for r in rows)
+    assert glimp.p95_latency_s >= glimp.mean_latency_s * 0 and glimp.n == 4
+
+
+def test_select_threshold_prefers_fewest_large_steps_that_keep_accuracy() -> None:
+    large = RunSummary("large", "large", "d", accuracy=0.80)
+    a = RunSummary("a", "entropy", "d", threshold=2.0, accuracy=0.70, large_step_fraction=0.1)
+    b = RunSummary("b", "entropy", "d", threshold=1.0, accuracy=0.77, large_step_fraction=0.3)
+    c = RunSummary("c", "entropy", "d", threshold=0.5, accuracy=0.79, large_step_fraction=0.5)
+    assert select_threshold([a, b, c], large) is b
+    assert select_threshold([a], large) is a  # none keeps 95%: the most accurate
+    with pytest.raises(ValueError):
+        select_threshold([], large)
+
+
+def test_step_error_auroc_on_gold_steps() -> None:
+    small = ScriptedEngine(
+        "small", [ScriptedStep("x\n\n", 0.1), ScriptedStep("WRONG\n\n", 3.0), ScriptedStep("z\n\n", 0.3)]
+    )
+    collab = Collaborator(small, ScriptedEngine("large", [ScriptedStep("L\n\n")]))
+    examples = [Example("e", "q", "1", ("x\n\n", "y\n\n", "z\n\n"))]
+    result = asyncio.run(step_error_auroc(collab, examples))
+    assert result["auroc"] == 1.0 and result["steps"] == 3
+    assert result["small_step_error_rate"] == pytest.approx(1 / 3)
+    assert small.released == ["auroc-e"]
+
+
+def test_datasets_and_checkers(tmp_path: Path) -> None:
+    demo = load_dataset("demo", "test", 5)
+    assert len(demo.examples) == 5 and demo.examples[0].gold_steps
+    assert check_demo("The answer is 7.", "7") and not check_demo("The answer is 8.", "7")
+    assert check_math("so the answer is \\boxed{12}", "12")
+    path = tmp_path / "math.jsonl"
+    path.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"id": "b", "problem": "2+2?", "answer": "4"}\n')
+    assert [e.id for e in load_jsonl(path)] == ["1", "b"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    with pytest.raises(ValueError, match="needs 'problem' and 'answer'"):
+        load_jsonl(bad)
+    with pytest.raises(ValueError, match="not found"):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_reports_are_written(tmp_path: Path) -> None:
+    runs = [
+        RunSummary("small-only", "small", "d", accuracy=0.5, mean_latency_s=1.0),
+        RunSummary("large-only", "large", "d", accuracy=0.9, mean_latency_s=2.0, large_step_fraction=1.0),
+        RunSummary("GlimpRouter", "entropy", "d", threshold=1.0, accuracy=0.88, mean_latency_s=1.4),
+    ]
+    paths = write_reports(tmp_path, runs, {"entropy_auroc": {"auroc": 0.9}}, "toy")
+    assert "| GlimpRouter | 1.000 | 88.0% |" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["runs"][2]["accuracy"] == 0.88
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
