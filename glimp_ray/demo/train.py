@@ -117,6 +117,10 @@ def train_model(
                 f"{size} step {step:5d} loss {loss.item():.4f} {time.perf_counter() - start:7.1f}s",
                 flush=True,
             )
+        if checkpoint is not None and step and step % every == 0:
+            model.eval()
+            checkpoint(model, step)  # so a long run can be evaluated before it ends
+            model.train()
     model.eval()
     return model
 
