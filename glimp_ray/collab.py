@@ -13,7 +13,7 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,6 +111,8 @@ class StepRecord:
     replica: str = ""
     glimpse_replica: str = ""
     glimpse_prefill_tokens: int = 0
+    context_tokens: int = 0
+    fell_back: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -142,6 +144,12 @@ class CollabResult:
     @property
     def completion_tokens(self) -> int:
         return self.thinking_tokens + self.answer_record.tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens as the first call's model counted them (the transcript was empty)."""
+        first = self.steps[0] if self.steps else self.answer_record
+        return first.context_tokens
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -186,7 +194,7 @@ class Collaborator:
         prompt: str | None = None,
         request_id: str | None = None,
         **overrides: object,
-    ) -> AsyncIterator[StepRecord | CollabResult]:
+    ) -> AsyncGenerator[StepRecord | CollabResult, None]:
         """Yield each thinking step's record as it completes, then the :class:`CollabResult`."""
         params = self.params.replace(**overrides)
         run = _Run(self.clients, params, messages, prompt, request_id or uuid.uuid4().hex)
@@ -360,4 +368,6 @@ def _record(
         replica=result.replica,
         glimpse_replica=glimpse.replica if glimpse else "",
         glimpse_prefill_tokens=glimpse.prefill_tokens if glimpse else 0,
+        context_tokens=result.context_tokens,
+        fell_back=result.fell_back,
     )

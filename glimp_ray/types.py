@@ -111,6 +111,7 @@ class StepResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     replica: str = ""
+    fell_back: bool = False  # served by the small pool because the large one was unavailable
 
     @property
     def model_s(self) -> float:

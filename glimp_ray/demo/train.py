@@ -79,6 +79,8 @@ def train_model(
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
+    # Denormal floats late in training can make CPU kernels many times slower.
+    torch.set_flush_denormal(True)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         max_position_embeddings=512,

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the two model pools, the router ingress and the app builder."""

@@ -1,0 +1,35 @@
+"""The app builder that ``configs/*.yaml`` name in ``import_path``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from deployments.config import AppConfig
+from deployments.model_server import ModelServer
+from deployments.router import GlimpRouter
+from glimp_ray.config import ConfigError, format_validation_error
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Small pool + large pool + router ingress, from the application's ``args``."""
+    try:
+        config = AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid application args\n{format_validation_error(exc)}") from None
+    serving = config.serving
+    small = ModelServer.options(  # type: ignore[attr-defined]
+        **serving.small.deployment_options("SmallPool")
+    ).bind(config.small.model_dump())
+    large = ModelServer.options(  # type: ignore[attr-defined]
+        **serving.large.deployment_options("LargePool")
+    ).bind(config.large.model_dump())
+    router = GlimpRouter.options(  # type: ignore[attr-defined]
+        name="GlimpRouter",
+        num_replicas=serving.router.num_replicas,
+        max_ongoing_requests=serving.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": serving.router.num_cpus},
+    )
+    return router.bind(small, large, config.model_dump(mode="json"))

@@ -1,0 +1,89 @@
+"""The Serve application's arguments: the core config plus how each pool is deployed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glimp_ray.config import GlimpConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolDeployment(_Strict):
+    """Replicas, resources and placement of one model pool."""
+
+    num_replicas: int | Literal["auto"] = Field(1, description="Fixed replica count, or auto to autoscale.")
+    max_ongoing_requests: int = Field(32, ge=1, description="Concurrent step calls per replica.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. A100, L4.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per replica.")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels a replica must land on, e.g. {glimp/pool: large}."
+    )
+    autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config.")
+    num_fallback_replicas: int = Field(
+        2, ge=0, description="Ring successors tried when a session's replica rejects a call."
+    )
+
+    def deployment_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (session affinity included)."""
+        from ray.serve.config import RequestRouterConfig
+
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.accelerator_type:
+            actor["accelerator_type"] = self.accelerator_type
+        if self.resources:
+            actor["resources"] = dict(self.resources)
+        if self.label_selector:
+            actor["label_selector"] = dict(self.label_selector)
+        options: dict[str, Any] = {
+            "name": name,
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            # Every call of one request goes to the same replica, so its KV cache is reused.
+            "request_router_config": RequestRouterConfig(
+                request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",  # type: ignore[arg-type]
+                request_router_kwargs={"num_fallback_replicas": self.num_fallback_replicas},
+            ),
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = dict(self.autoscaling_config)
+            options["num_replicas"] = "auto" if self.num_replicas == "auto" else None
+            if options["num_replicas"] is None:
+                del options["num_replicas"]
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class RouterDeployment(_Strict):
+    """The HTTP ingress."""
+
+    num_replicas: int = Field(1, ge=1, description="Router replicas.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per router replica.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests per router replica.")
+
+
+class ServingConfig(_Strict):
+    """How the application is exposed and how it reacts to failing pools."""
+
+    model_name: str = Field("glimp-router", min_length=1, description="The model id in /v1/models.")
+    step_timeout_s: float = Field(300.0, gt=0, description="Seconds one pool call may take before a 503.")
+    retries: int = Field(2, ge=0, description="Retries of a pool call whose replica died.")
+    fallback_to_small: bool = Field(
+        False, description="When the large pool is unavailable, the small pool writes the step."
+    )
+    small: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The small pool.")
+    large: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The large pool.")
+    router: RouterDeployment = Field(default_factory=lambda: RouterDeployment(), description="The router.")
+
+
+class AppConfig(GlimpConfig):
+    """``args`` of the Serve application: both models, routing defaults and serving."""
+
+    serving: ServingConfig = Field(default_factory=lambda: ServingConfig(), description="Deployment.")

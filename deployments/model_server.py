@@ -1,0 +1,48 @@
+"""One model pool's replica: an engine behind a Serve deployment, deployed twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from glimp_ray.config import ModelConfig
+from glimp_ray.engine.hf import HFEngine
+from glimp_ray.types import StepRequest, StepResult
+
+
+@serve.deployment
+class ModelServer:
+    """Serves step requests for one model; sessions are pinned here by consistent hashing."""
+
+    def __init__(self, model: dict[str, Any]):
+        config = ModelConfig.model_validate(model)
+        self.engine = HFEngine.load(**config.engine_kwargs())
+        context = serve.get_replica_context()
+        self.engine.replica = f"{context.deployment}#{context.replica_id.unique_id}"
+
+    async def step(self, request: StepRequest) -> StepResult:
+        return await self.engine.step(request)
+
+    async def release(self, session_id: str) -> None:
+        await self.engine.release(session_id)
+
+    async def stats(self) -> dict[str, Any]:
+        """Replica id and cache counters, for tests and debugging."""
+        return {
+            "replica": self.engine.replica,
+            "sessions": len(self.engine.sessions),
+            "cached_tokens": self.engine.sessions.cached_tokens,
+            "forwarded_tokens": self.engine.forwarded_tokens,
+            "max_context": self.engine.max_context,
+        }
+
+    def check_health(self) -> None:
+        thread = self.engine._thread
+        if thread is not None and not thread.is_alive():
+            raise RuntimeError("engine worker thread is not running")
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()

@@ -1,0 +1,94 @@
+"""The StepClient the loop uses on Ray Serve: a DeploymentHandle with session affinity,
+timeouts, retries when a replica dies, and an optional fallback pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from glimp_ray.engine.base import EngineError, StepClient
+from glimp_ray.types import StepRequest, StepResult
+
+logger = logging.getLogger(__name__)
+_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
+
+
+class PoolUnavailableError(EngineError):
+    """A pool could not answer: no live replica, or the call timed out."""
+
+
+class ServeStepClient:
+    """Calls one pool through its handle; ``session_id`` pins a request to one replica.
+
+    Ray 2.60 does not carry the caller's session downstream, so every call sets it on the
+    handle explicitly. A call to a replica that died is retried (the consistent-hash ring
+    then maps the session to a live replica, which serves it from the transcript).
+    """
+
+    def __init__(self, handle: Any, name: str, timeout_s: float = 300.0, retries: int = 2):
+        self.handle = handle
+        self.name = name
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    async def step(self, request: StepRequest) -> StepResult:
+        for attempt in range(self.retries + 1):
+            response = self.handle.options(session_id=request.session_id).step.remote(request)
+            try:
+                return await asyncio.wait_for(_awaited(response), self.timeout_s)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise PoolUnavailableError(
+                    f"the {self.name} pool did not answer within {self.timeout_s:g} s"
+                ) from None
+            except asyncio.CancelledError:
+                response.cancel()  # the client went away: stop the generation on the replica
+                raise
+            except _GONE as exc:
+                if attempt == self.retries:
+                    raise PoolUnavailableError(
+                        f"the {self.name} pool is unavailable: {type(exc).__name__}"
+                    ) from exc
+                logger.warning("%s pool call failed (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def release(self, session_id: str) -> None:
+        with contextlib.suppress(Exception):
+            response = self.handle.options(session_id=session_id).release.remote(session_id)
+            await asyncio.wait_for(_awaited(response), 10)
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+class FallbackStepClient:
+    """The large pool, or the small pool when the large one is unavailable.
+
+    The fallback call uses the request's small-pool session, whose replica already holds
+    the transcript; the result is marked ``fell_back``.
+    """
+
+    def __init__(self, primary: StepClient, fallback: StepClient):
+        self.primary = primary
+        self.fallback = fallback
+
+    async def step(self, request: StepRequest) -> StepResult:
+        try:
+            return await self.primary.step(request)
+        except PoolUnavailableError as exc:
+            logger.warning("falling back to the small pool: %s", exc)
+            session = request.session_id.rsplit(":", 1)[0] + ":small"
+            result = await self.fallback.step(dataclasses.replace(request, session_id=session))
+            result.fell_back = True
+            return result
+
+    async def release(self, session_id: str) -> None:
+        await self.primary.release(session_id)

@@ -1,0 +1,58 @@
+"""One local Ray cluster and one Serve application per test session, on tiny models."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+APP = "glimp"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def app_args(tiny_pair: tuple[Path, Path]) -> dict[str, Any]:
+    small, large = tiny_pair
+    return {
+        "small": {"model": str(small)},
+        "large": {"model": str(large)},
+        "routing": {"threshold": 3.2},
+        "sampling": {"temperature": 0.0},
+        "limits": {"delimiter": " ", "step_max_tokens": 12, "thinking_budget": 60, "answer_max_tokens": 8},
+        "serving": {
+            "model_name": "glimp-tiny",
+            "retries": 6,
+            "step_timeout_s": 60,
+            "small": {"num_replicas": 2, "num_cpus": 0.1},
+            "large": {"num_replicas": 2, "num_cpus": 0.1},
+            "router": {"num_cpus": 0.1},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def serve_app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start Ray and the app once; yields the base URL."""
+    from deployments.app import build_app
+
+    ray.init(
+        address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray"))
+    )
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args(tiny_pair)), name=APP, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
