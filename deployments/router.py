@@ -226,8 +226,8 @@ class GlimpRouter:
             while True:
                 if isinstance(event, StepRecord):
                     # With return_trace, each step's record travels with its text (live trace).
-                    extra = {"glimp_step": event.to_dict()} if body.glimp.return_trace else {}
-                    yield chunk({"reasoning_content": event.text}, **extra)
+                    live: dict[str, Any] = {"glimp_step": event.to_dict()} if body.glimp.return_trace else {}
+                    yield chunk({"reasoning_content": event.text}, **live)
                 else:
                     result: CollabResult = event
                     yield chunk({"content": result.answer})
