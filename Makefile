@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed before the package so pip never pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup serve demo eval test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -13,13 +13,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[serve,dev]"
 	touch $@
 
 tiny-models/small/config.json: | setup
 	$(BIN)/python -m glimp_ray.tiny tiny-models
 
-demo: setup tiny-models/small/config.json
+# The main job: the demo models served on a local Ray cluster (serve run starts one).
+serve: setup
+	$(BIN)/serve run configs/demo.yaml
+
+# One request in-process, printed with its per-step table.
+demo: setup
+	$(BIN)/glimp-ray generate "Start with 12, then multiply by 7, then add 5. Work modulo 100. What is the result?"
+
+eval: setup
+	$(BIN)/glimp-ray eval --dataset demo --out eval-out
+
+tiny: setup tiny-models/small/config.json
 	$(BIN)/glimp-ray generate --config configs/tiny.yaml "What is 6 times 7?"
 
 test: setup
@@ -30,6 +41,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) tiny-models

@@ -56,3 +56,20 @@ def serve_app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def timeout_app(serve_app: str, tiny_pair: tuple[Path, Path]) -> str:
+    """A second app whose pool calls time out at once (one replica per pool); its URL."""
+    from deployments.app import build_app
+
+    args = app_args(tiny_pair)
+    args["serving"] = {
+        **args["serving"],
+        "step_timeout_s": 0.001,
+        "retries": 0,
+        "small": {"num_replicas": 1, "num_cpus": 0.1},
+        "large": {"num_replicas": 1, "num_cpus": 0.1},
+    }
+    serve.run(build_app(args), name="timeouts", route_prefix="/timeouts")
+    return f"{serve_app}/timeouts"

@@ -132,3 +132,21 @@ def test_malformed_json_and_the_server_keeps_serving(serve_app: str) -> None:
     assert error_of(too_long)["code"] == "context_length_exceeded"
     ok = client(serve_app).chat.completions.create(model=MODEL, messages=QUESTION)
     assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_pool_that_times_out_gives_503(timeout_app: str) -> None:
+    body = {"model": MODEL, "messages": QUESTION}
+    response = httpx.post(f"{timeout_app}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 503
+    error = error_of(response)
+    assert error["code"] == "pool_unavailable" and "did not answer within" in error["message"]
+    streamed = httpx.post(f"{timeout_app}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+    assert streamed.status_code == 503  # the first step fails before the stream starts
+
+
+def test_bad_app_args_name_the_field() -> None:
+    from deployments.app import build_app
+    from glimp_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"serving\.large\.num_gpus"):
+        build_app({"serving": {"large": {"num_gpus": -1}}})

@@ -1,0 +1,46 @@
+"""Every shipped config file validates: Serve configs against Ray's schema and the app's
+args model, in-process configs against GlimpConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glimp_ray.config import parse_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates(path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    if "applications" not in data:
+        parse_config(data, str(path))
+        return
+    pytest.importorskip("ray")
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.config import AppConfig
+
+    schema = ServeDeploySchema.model_validate(data)
+    assert [app.import_path for app in schema.applications] == ["deployments.app:build_app"]
+    for app in data["applications"]:
+        assert app["import_path"] == "deployments.app:build_app"
+        config = AppConfig.model_validate(app.get("args") or {})
+        for pool in (config.serving.small, config.serving.large):
+            options = pool.deployment_options("Pool")
+            assert options["request_router_config"].request_router_class.endswith("ConsistentHashRouter")
+
+
+def test_gpu_configs_place_each_pool_on_its_node_type() -> None:
+    from deployments.config import AppConfig
+
+    for name in ("qwen3-4b-r1-32b.yaml", "r1-1.5b-r1-32b.yaml"):
+        args = yaml.safe_load((CONFIGS[0].parent / name).read_text())["applications"][0]["args"]
+        serving = AppConfig.model_validate(args).serving
+        assert serving.small.label_selector == {"glimp/pool": "small"} and serving.small.num_gpus > 0
+        assert serving.large.label_selector == {"glimp/pool": "large"} and serving.large.num_gpus >= 1
+        actor = serving.large.deployment_options("LargePool")["ray_actor_options"]
+        assert actor["label_selector"] == {"glimp/pool": "large"} and "accelerator_type" in actor
