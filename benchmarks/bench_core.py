@@ -36,9 +36,7 @@ def load_pair(args: argparse.Namespace) -> tuple[HFEngine, HFEngine, CollabParam
     from glimp_ray.tiny import build_tiny_pair
 
     small_dir, large_dir = build_tiny_pair(tempfile.mkdtemp(prefix="glimp-bench-"))
-    params = CollabParams(
-        temperature=0.0, delimiter=" ", step_max_tokens=48, thinking_budget=384, answer_max_tokens=32
-    )
+    params = CollabParams(temperature=0.0, delimiter=" ", step_max_tokens=48, thinking_budget=384, answer_max_tokens=32)
     return HFEngine.load(str(small_dir)), HFEngine.load(str(large_dir)), params
 
 
@@ -51,23 +49,15 @@ def run_once(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config of a local model pair (default: tiny random pair)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
-    parser.add_argument(
-        "--threshold", type=float, help="τ (default: median glimpse entropy, so both routes occur)"
-    )
+    parser.add_argument("--threshold", type=float, help="τ (default: median glimpse entropy, so both routes occur)")
     args = parser.parse_args(argv)
 
     small, large, params = load_pair(args)
     probe, _, _ = run_once(small, large, params, policy="small")  # also warms both engines up
-    tau = (
-        args.threshold
-        if args.threshold is not None
-        else statistics.median(s.entropy or 0 for s in probe.steps)
-    )
+    tau = args.threshold if args.threshold is not None else statistics.median(s.entropy or 0 for s in probe.steps)
     params = params.replace(threshold=tau)
     print(f"models: small={small.name} large={large.name}  τ={tau:.4f}  repeats={args.repeats}")
 
@@ -113,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("fused", "paper"):
         print(f"    {mode}: model calls={work[mode][0]} tokens forwarded={work[mode][1]}")
     print(
-        f"    fused median {fused * 1000:.1f} ms, paper median {paper * 1000:.1f} ms, "
-        f"fused/paper = {fused / paper:.3f}"
+        f"    fused median {fused * 1000:.1f} ms, paper median {paper * 1000:.1f} ms, fused/paper = {fused / paper:.3f}"
     )
     small.close()
     large.close()

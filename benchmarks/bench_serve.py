@@ -64,9 +64,7 @@ async def http_latencies(base: str, messages: list[list[dict[str, str]]]) -> tup
     return latencies, answers
 
 
-async def throughput(
-    base: str, messages: list[list[dict[str, str]]], concurrency: int
-) -> tuple[float, float]:
+async def throughput(base: str, messages: list[list[dict[str, str]]], concurrency: int) -> tuple[float, float]:
     queue = list(messages)
     tokens = 0
 
@@ -86,9 +84,7 @@ async def throughput(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=24, help="prompts per measurement")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--tiny", action="store_true", help="tiny random models instead of the demo pair")
@@ -138,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n[2] throughput through HTTP")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             rps, tps = asyncio.run(throughput(base, messages, concurrency))
-            print(
-                f"    {concurrency:3d} concurrent clients: {rps:6.2f} requests/s, "
-                f"{tps:8.1f} completion tokens/s"
-            )
+            print(f"    {concurrency:3d} concurrent clients: {rps:6.2f} requests/s, {tps:8.1f} completion tokens/s")
     finally:
         serve.shutdown()
         ray.shutdown()

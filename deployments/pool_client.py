@@ -44,17 +44,13 @@ class ServeStepClient:
                 return await asyncio.wait_for(_awaited(response), self.timeout_s)
             except asyncio.TimeoutError:
                 response.cancel()
-                raise PoolUnavailableError(
-                    f"the {self.name} pool did not answer within {self.timeout_s:g} s"
-                ) from None
+                raise PoolUnavailableError(f"the {self.name} pool did not answer within {self.timeout_s:g} s") from None
             except asyncio.CancelledError:
                 response.cancel()  # the client went away: stop the generation on the replica
                 raise
             except _GONE as exc:
                 if attempt == self.retries:
-                    raise PoolUnavailableError(
-                        f"the {self.name} pool is unavailable: {type(exc).__name__}"
-                    ) from exc
+                    raise PoolUnavailableError(f"the {self.name} pool is unavailable: {type(exc).__name__}") from exc
                 logger.warning("%s pool call failed (%s); retrying", self.name, type(exc).__name__)
                 await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")

@@ -34,9 +34,7 @@ app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large
 
 
 class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None
-    ):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.body = status, error_body(message, type_, param, code)
 
@@ -150,9 +148,7 @@ class GlimpRouter:
         try:
             return await awaitable
         except PromptTooLongError as exc:
-            raise APIError(
-                400, str(exc), "invalid_request_error", "messages", "context_length_exceeded"
-            ) from None
+            raise APIError(400, str(exc), "invalid_request_error", "messages", "context_length_exceeded") from None
         except PoolUnavailableError as exc:
             raise APIError(503, str(exc), "service_unavailable", code="pool_unavailable") from None
         except ValueError as exc:

@@ -115,9 +115,7 @@ def format_steps(result: CollabResult) -> str:
     for s in [*result.steps, result.answer_record]:
         entropy = "-" if s.entropy is None else f"{s.entropy:.3f}"
         index = "ans" if s.index < 0 else str(s.index)
-        rows.append(
-            f"{index:>4}  {s.model:<5}  {entropy:>7}  {s.tokens:>6}  {s.latency_s:>7.3f}  {s.finish_reason}"
-        )
+        rows.append(f"{index:>4}  {s.model:<5}  {entropy:>7}  {s.tokens:>6}  {s.latency_s:>7.3f}  {s.finish_reason}")
     rows.append(
         f"{len(result.steps)} steps, {result.large_step_fraction:.0%} large, "
         f"{result.completion_tokens} tokens, {result.latency_s:.2f} s, stopped by {result.stop_reason}"
@@ -135,9 +133,7 @@ def _generate(args: argparse.Namespace) -> int:
         messages: list[dict[str, str]] | None = _read_messages(args.messages)
         prompt = None
     elif args.prompt:
-        messages, prompt = (
-            (None, args.prompt) if args.raw else ([{"role": "user", "content": args.prompt}], None)
-        )
+        messages, prompt = (None, args.prompt) if args.raw else ([{"role": "user", "content": args.prompt}], None)
     else:
         raise ValueError("give a prompt or --messages FILE")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}

@@ -97,9 +97,7 @@ class GlimpConfig(_Strict):
 
     def collab_params(self) -> CollabParams:
         """The loop's parameters from this config."""
-        return CollabParams(
-            **self.routing.model_dump(), **self.sampling.model_dump(), **self.limits.model_dump()
-        )
+        return CollabParams(**self.routing.model_dump(), **self.sampling.model_dump(), **self.limits.model_dump())
 
 
 class ConfigError(ValueError):

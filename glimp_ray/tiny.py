@@ -91,9 +91,7 @@ def build_tokenizer_from_corpus(  # type: ignore[no-untyped-def]
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=specials[0]
-    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=bos, pad_token=specials[0])
     hf.chat_template = template
     return hf
 

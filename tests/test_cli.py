@@ -33,9 +33,7 @@ def test_generate_json_with_messages_file(
 ) -> None:
     messages = tmp_path / "messages.json"
     messages.write_text(json.dumps([{"role": "user", "content": "Add 3 and 4."}]))
-    code = main(
-        ["generate", "--config", str(config_file), "--messages", str(messages), "--json", "--policy", "large"]
-    )
+    code = main(["generate", "--config", str(config_file), "--messages", str(messages), "--json", "--policy", "large"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["steps"] and all(s["model"] == "large" for s in data["steps"])

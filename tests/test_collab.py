@@ -15,9 +15,7 @@ MESSAGES = [{"role": "user", "content": "What is 6 x 7?"}]
 ENTROPIES = [0.5, 2.0, 0.9, 1.5, 0.1]
 
 
-def scripted_pair(
-    entropies: list[float] = ENTROPIES, last: str = "think_end"
-) -> tuple[ScriptedEngine, ScriptedEngine]:
+def scripted_pair(entropies: list[float] = ENTROPIES, last: str = "think_end") -> tuple[ScriptedEngine, ScriptedEngine]:
     n = len(entropies)
     small = ScriptedEngine(
         "small",

@@ -38,9 +38,7 @@ def build_tokenizer(train: list[Problem]) -> Any:
     corpus = []
     for p in train[:5000]:
         corpus += [p.question, p.thinking(), p.final_answer()]
-    return build_tokenizer_from_corpus(
-        corpus, 400, SPECIALS, "<|im_end|>", None, CHATML_TEMPLATE, qwen2_split=True
-    )
+    return build_tokenizer_from_corpus(corpus, 400, SPECIALS, "<|im_end|>", None, CHATML_TEMPLATE, qwen2_split=True)
 
 
 def check_round_trip(tokenizer: Any, path: Path, texts: list[str]) -> None:
@@ -49,9 +47,7 @@ def check_round_trip(tokenizer: Any, path: Path, texts: list[str]) -> None:
 
     reloaded = AutoTokenizer.from_pretrained(path)
     for text in texts:
-        if reloaded.encode(text, add_special_tokens=False) != tokenizer.encode(
-            text, add_special_tokens=False
-        ):
+        if reloaded.encode(text, add_special_tokens=False) != tokenizer.encode(text, add_special_tokens=False):
             raise RuntimeError(f"{path}: the saved tokenizer tokenizes differently: {text[:60]!r}")
 
 
@@ -128,9 +124,7 @@ def train_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo-models", help="directory for small/ and large/")
     parser.add_argument("--train-size", type=int, default=20000)
     parser.add_argument("--small-steps", type=int, default=1500)

@@ -64,9 +64,7 @@ class ScriptedEngine:
     async def release(self, session_id: str) -> None:
         self.released.append(session_id)
 
-    def _result(
-        self, text: str, finish: FinishReason, entropy: float | None, routed: bool = False
-    ) -> StepResult:
+    def _result(self, text: str, finish: FinishReason, entropy: float | None, routed: bool = False) -> StepResult:
         return StepResult(
             token_ids=[ord(c) for c in text],
             text=text,

@@ -216,9 +216,7 @@ class HFEngine:
         if session.cache is None:
             session.cache = DynamicCache(config=self.model.config)
         inputs = torch.tensor([token_ids], device=self.device)
-        out = self.model(
-            input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache}
-        )
+        out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: session.cache})
         session.kv_len += len(token_ids)
         self.forwarded_tokens += len(token_ids)
         return out.logits[0, -1]
@@ -283,9 +281,7 @@ class HFEngine:
         seq.generated.append(token)
         if token in self.eos_ids:
             self._finish(seq, "eos")
-        elif state["criteria"] is not None and bool(
-            state["criteria"](torch.tensor([seq.generated]), None)[0]
-        ):
+        elif state["criteria"] is not None and bool(state["criteria"](torch.tensor([seq.generated]), None)[0]):
             self._finish(seq, "delimiter")  # refined to think_end from the text
         elif len(seq.generated) >= seq.max_tokens:
             self._finish(seq, "length")

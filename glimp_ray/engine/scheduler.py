@@ -65,9 +65,7 @@ class Scheduler:
             seq = self.waiting.popleft()
             if seq.aborted:
                 continue
-            if is_busy(seq.request.session_id) or any(
-                s.request.session_id == seq.request.session_id for s in admitted
-            ):
+            if is_busy(seq.request.session_id) or any(s.request.session_id == seq.request.session_id for s in admitted):
                 deferred.append(seq)
                 continue
             seq.admitted = time.perf_counter()

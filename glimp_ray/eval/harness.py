@@ -89,9 +89,7 @@ async def evaluate(
             }
         )
         if progress and (i + 1) % 50 == 0:
-            progress(
-                f"{label or policy}: {i + 1}/{len(dataset.examples)} accuracy so far {correct / (i + 1):.3f}"
-            )
+            progress(f"{label or policy}: {i + 1}/{len(dataset.examples)} accuracy so far {correct / (i + 1):.3f}")
     n = len(dataset.examples)
     summary = RunSummary(
         label=label or policy,
@@ -146,9 +144,7 @@ async def step_error_auroc(
     }
 
 
-def select_threshold(
-    candidates: Sequence[RunSummary], large_only: RunSummary, keep: float = 0.95
-) -> RunSummary:
+def select_threshold(candidates: Sequence[RunSummary], large_only: RunSummary, keep: float = 0.95) -> RunSummary:
     """The candidate with the fewest large steps that keeps ``keep`` of large-only accuracy
     (the most accurate one if none does)."""
     if not candidates:

@@ -55,9 +55,7 @@ def plot(runs: Sequence[RunSummary], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_reports(
-    out: Path, runs: Sequence[RunSummary], extra: dict[str, Any], title: str
-) -> dict[str, Path]:
+def write_reports(out: Path, runs: Sequence[RunSummary], extra: dict[str, Any], title: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": out / "results.md",

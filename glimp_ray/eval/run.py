@@ -51,9 +51,7 @@ async def run_eval(
         candidates = []
         for fraction in CANDIDATE_LARGE_FRACTIONS:
             tau = quantile_threshold(small_val.entropies, fraction)
-            run, _ = await evaluate(
-                collab, val, "entropy", threshold=tau, label=f"τ={tau:.3f} (val)", progress=_log
-            )
+            run, _ = await evaluate(collab, val, "entropy", threshold=tau, label=f"τ={tau:.3f} (val)", progress=_log)
             _log(f"  val τ={tau:.4f}: accuracy {run.accuracy:.3f}, large steps {run.large_step_fraction:.3f}")
             candidates.append(run)
         best = select_threshold(candidates, large_val)

@@ -45,9 +45,7 @@ def serve_app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     """Start Ray and the app once; yields the base URL."""
     from deployments.app import build_app
 
-    ray.init(
-        address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray"))
-    )
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

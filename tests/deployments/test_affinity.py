@@ -84,9 +84,7 @@ def test_a_replica_killed_between_steps_does_not_fail_the_request(serve_app: str
     def pool(name: str) -> ServeStepClient:
         return ServeStepClient(serve.get_deployment_handle(name, app_name=APP), name, timeout_s=60, retries=6)
 
-    params = CollabParams(
-        temperature=0.0, delimiter=" ", step_max_tokens=12, thinking_budget=60, answer_max_tokens=8
-    )
+    params = CollabParams(temperature=0.0, delimiter=" ", step_max_tokens=12, thinking_budget=60, answer_max_tokens=8)
 
     async def run() -> tuple[Any, Any, KillAfterFirstStep]:
         killer = KillAfterFirstStep(pool("SmallPool"))

@@ -111,9 +111,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": MODEL, "messages": [{"role": "user", "content": "x " * 2000}]}, 400, "messages"),
     ],
 )
-def test_bad_input_gets_an_openai_error(
-    serve_app: str, body: dict[str, Any], status: int, param: str
-) -> None:
+def test_bad_input_gets_an_openai_error(serve_app: str, body: dict[str, Any], status: int, param: str) -> None:
     response = httpx.post(f"{serve_app}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == status
     assert error_of(response)["param"] == param

@@ -19,9 +19,7 @@ from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepReque
 MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
 GREEDY = SamplingParams(temperature=0)
 # A space delimiter gives the random tiny models many steps; greedy keeps them exact.
-PARAMS = CollabParams(
-    temperature=0, delimiter=" ", step_max_tokens=24, thinking_budget=150, answer_max_tokens=12
-)
+PARAMS = CollabParams(temperature=0, delimiter=" ", step_max_tokens=24, thinking_budget=150, answer_max_tokens=12)
 
 
 def step(engine: Any, **kwargs: Any) -> StepResult:
@@ -56,9 +54,7 @@ def median_threshold(make_engine: Any) -> float:
 
 def test_glimpse_entropy_matches_a_plain_forward(make_engine: Any) -> None:
     engine = make_engine("small")
-    text, _ = render_prompt(
-        engine.tokenizer, StepRequest("p", MESSAGES, glimpse=GlimpseSpec()), "<think>", "</think>"
-    )
+    text, _ = render_prompt(engine.tokenizer, StepRequest("p", MESSAGES, glimpse=GlimpseSpec()), "<think>", "</think>")
     ids = torch.tensor([engine.tokenizer.encode(text, add_special_tokens=False)])
     with torch.no_grad():
         logits = engine.model(input_ids=ids).logits[0, -1]
@@ -109,9 +105,7 @@ def test_an_engine_that_never_saw_the_session_gives_the_same_output(make_engine:
     # The small tokenizer is character-level, so a cold engine re-tokenizing the transcript
     # sees exactly the tokens the warm engine kept.
     params = PARAMS.replace(policy="small")
-    warm = asyncio.run(
-        Collaborator(KeepSessions(make_engine("small")), make_engine("large"), params).run(MESSAGES)
-    )
+    warm = asyncio.run(Collaborator(KeepSessions(make_engine("small")), make_engine("large"), params).run(MESSAGES))
     cold_client = AlwaysCold(make_engine("small"))
     cold = asyncio.run(Collaborator(cold_client, make_engine("large"), params).run(MESSAGES))
     assert len(warm.steps) > 2
@@ -184,12 +178,8 @@ def test_different_tokenizers_and_templates(make_engine: Any) -> None:
     assert small_text.startswith("<|im_start|>user") and large_text.startswith("<|begin|><|User|>")
     assert small_text.endswith("<think>\nSo 6 x 7 = 42") and large_text.endswith("<think>\nSo 6 x 7 = 42")
     assert len(small.tokenizer) != len(large.tokenizer)
-    assert (
-        step(small, session_id="s", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
-    )
-    assert (
-        step(large, session_id="l", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
-    )
+    assert step(small, session_id="s", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
+    assert step(large, session_id="l", transcript=request.transcript, generate=greedy(4)).generated_tokens == 4
 
 
 def test_prompt_too_long_is_a_clear_error_and_the_engine_keeps_serving(make_engine: Any) -> None:
