@@ -113,6 +113,8 @@ class HFEngine:
         """Load a causal LM and its tokenizer from a local directory or hub id."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if (os.path.isabs(model) or model.startswith(".")) and not os.path.isdir(model):
+            raise EngineError(f"cannot load model {model!r}: no such directory")
         try:
             tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
             lm = AutoModelForCausalLM.from_pretrained(
