@@ -69,6 +69,13 @@ class RouterDeployment(_Strict):
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests per router replica.")
 
 
+class TracingConfig(_Strict):
+    """Where the router's spans go (a span per request, per step and for the answer)."""
+
+    exporter: Literal["none", "console", "otlp", "jsonl"] = Field("none", description="Span exporter.")
+    path: str | None = Field(None, description="The JSON-lines file for the jsonl exporter.")
+
+
 class ServingConfig(_Strict):
     """How the application is exposed and how it reacts to failing pools."""
 
@@ -81,6 +88,7 @@ class ServingConfig(_Strict):
     small: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The small pool.")
     large: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The large pool.")
     router: RouterDeployment = Field(default_factory=lambda: RouterDeployment(), description="The router.")
+    tracing: TracingConfig = Field(default_factory=lambda: TracingConfig(), description="Span export.")
 
 
 class AppConfig(GlimpConfig):

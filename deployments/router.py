@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from deployments.config import AppConfig
+from deployments.metrics import RouterMetrics
 from deployments.pool_client import FallbackStepClient, PoolUnavailableError, ServeStepClient
 from deployments.protocol import (
     ChatCompletionRequest,
@@ -29,6 +30,7 @@ from deployments.protocol import (
 )
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.engine.base import PromptTooLongError
+from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
 
@@ -72,6 +74,23 @@ def _trace(result: CollabResult) -> dict[str, Any]:
     }
 
 
+def _trace_headers(raw: Request) -> dict[str, str]:
+    """The caller's W3C trace context; inside Serve's own trace when Ray tracing is on."""
+    headers = {k: v for k, v in raw.headers.items() if k in ("traceparent", "tracestate")}
+    try:  # Ray 2.60 keeps the proxy/replica span context here when its tracing is enabled.
+        from opentelemetry.propagate import inject
+        from ray.serve._private.tracing_utils import get_trace_context
+
+        serve_context = get_trace_context()
+        if serve_context:
+            carrier: dict[str, str] = {}
+            inject(carrier, context=serve_context)  # type: ignore[arg-type]
+            headers.update(carrier)
+    except Exception:
+        pass
+    return headers
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
@@ -91,6 +110,9 @@ class GlimpRouter:
         self.pools = {"small": small, "large": large}
         self.collab = Collaborator(small_client, large_client, self.config.collab_params())
         self.model_name = serving.model_name
+        provider = make_tracer_provider(serving.tracing.exporter, serving.tracing.path, "glimp-ray-router")
+        self.tracer = provider.get_tracer("glimp_ray.router")
+        self.metrics = RouterMetrics()
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
@@ -104,16 +126,16 @@ class GlimpRouter:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+    async def chat_completions(self, body: ChatCompletionRequest, raw: Request) -> Any:
         messages = [m.model_dump() for m in body.messages]
-        return await self._respond(body, {"messages": messages}, chat=True)
+        return await self._respond(body, {"messages": messages}, raw, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest) -> Any:
-        return await self._respond(body, {"prompt": body.prompt}, chat=False)
+    async def completions(self, body: CompletionRequest, raw: Request) -> Any:
+        return await self._respond(body, {"prompt": body.prompt}, raw, chat=False)
 
     async def _respond(
-        self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], chat: bool
+        self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], raw: Request, chat: bool
     ) -> Any:
         if body.model != self.model_name:
             raise APIError(
@@ -131,7 +153,9 @@ class GlimpRouter:
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error") from None
         request_id = new_id("chatcmpl" if chat else "cmpl")
-        events = self.collab.stream(request_id=request_id, **inputs, **overrides)
+        params = self.collab.params.replace(**overrides)
+        stream = self.collab.stream(request_id=request_id, **inputs, **overrides)
+        events = self._observed(stream, request_id, params, raw)
         if body.stream:
             first = await self._guard(events.__anext__())
             return StreamingResponse(
@@ -143,6 +167,22 @@ class GlimpRouter:
                 result = event
         assert result is not None
         return self._complete(body, request_id, result, chat)
+
+    async def _observed(
+        self, events: AsyncGenerator[Any, None], request_id: str, params: Any, raw: Request
+    ) -> AsyncGenerator[Any, None]:
+        """Spans and metrics for each event; the caller's traceparent joins its trace."""
+        try:
+            with request_span(self.tracer, request_id, params, _trace_headers(raw)) as span:
+                async for event in events:
+                    span.observe(event)
+                    self.metrics.observe(event)
+                    yield event
+        except Exception as exc:
+            self.metrics.failed(type(exc).__name__)
+            raise
+        finally:
+            await events.aclose()
 
     async def _guard(self, awaitable: Any) -> Any:
         try:

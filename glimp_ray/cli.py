@@ -47,7 +47,67 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--validation", help="'demo' or a JSONL file to choose τ on (default: demo for demo)")
     ev.add_argument("--validation-limit", type=int, default=200, help="validation examples")
     ev.add_argument("--out", default="eval-out", help="directory for results.md, results.json and the plot")
+    cal = commands.add_parser("calibrate", help="choose τ from traced glimpse entropies")
+    cal.add_argument("--traces", required=True, help="JSON-lines span file")
+    cal.add_argument("--target-large-fraction", type=float, required=True, help="e.g. 0.25 (paper: 0.2-0.3)")
+    cal.add_argument("--validation", help="a separate span file to check the ratio on")
+    cal.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    pl = commands.add_parser("plan", help="replicas per pool for a target load, from traces")
+    pl.add_argument("--traces", required=True, help="JSON-lines span file")
+    pl.add_argument("--rps", type=float, required=True, help="target requests per second")
+    pl.add_argument("--slo-p95", type=float, help="p95 latency objective in seconds")
+    pl.add_argument("--threshold", type=float, action="append", default=[], help="what-if τ (repeatable)")
+    pl.add_argument("--utilization", type=float, default=0.7, help="target utilization per replica")
+    pl.add_argument("--out", help="directory for plan.json and plan.png")
+    pl.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from glimp_ray.planner import calibrate, requests_from_spans
+    from glimp_ray.tracing import read_spans
+
+    requests = requests_from_spans(_spans(args.traces, read_spans))
+    validation = requests_from_spans(_spans(args.validation, read_spans)) if args.validation else None
+    report = calibrate(requests, args.target_large_fraction, validation)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"τ = {report['threshold']:.4f} (from {report['steps']} traced glimpses)")
+    print(
+        f"predicted large-step fraction: {report['predicted_large_fraction']:.3f} "
+        f"(target {report['target_large_fraction']:.3f})"
+    )
+    if validation is not None:
+        v = report["validation"]
+        print(
+            f"validation trace: {v['steps']} glimpses; at τ the large fraction is "
+            f"{v['large_fraction_at_threshold']:.3f}; as recorded it was {v['observed_large_fraction']:.3f}"
+        )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from glimp_ray.planner import format_plan, plan, plot_plan, requests_from_spans
+    from glimp_ray.tracing import read_spans
+
+    requests = requests_from_spans(_spans(args.traces, read_spans))
+    report = plan(requests, args.rps, args.threshold, args.slo_p95, args.utilization)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(json.dumps(report, indent=2))
+        plot_plan(report, str(out / "plan.png"))
+    print(json.dumps(report, indent=2) if args.json else format_plan(report))
+    if args.out and not args.json:
+        print(f"wrote {Path(args.out) / 'plan.json'}, {Path(args.out) / 'plan.png'}")
+    return 0
+
+
+def _spans(path: str, read: Any) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        raise ValueError(f"trace file not found: {path}")
+    return read(path)  # type: ignore[no-any-return]
 
 
 def _load(path: str | None) -> GlimpConfig:
@@ -159,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
+        if args.command == "plan":
+            return _plan(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -113,3 +113,39 @@ def test_bad_traces() -> None:
         calibrate(requests_from_spans(no_entropy), 0.2)
     with pytest.raises(ValueError, match="rps"):
         plan(requests_from_spans(SPANS), rps=0)
+
+
+def test_cli_calibrate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from glimp_ray.cli import main
+
+    traces = tmp_path / "spans.jsonl"
+    traces.write_text("".join(json.dumps(s) + "\n" for s in SPANS))
+    assert main(["calibrate", "--traces", str(traces), "--target-large-fraction", "0.25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == pytest.approx(1.1)
+    out = tmp_path / "plan"
+    assert (
+        main(
+            [
+                "plan",
+                "--traces",
+                str(traces),
+                "--rps",
+                "10",
+                "--utilization",
+                "0.5",
+                "--threshold",
+                "0.6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| traced |" in printed and "| 0.600 |" in printed
+    assert json.loads((out / "plan.json").read_text())["plans"][1]["large_replicas"] == 8
+    assert (out / "plan.png").is_file()
+    assert main(["plan", "--traces", str(tmp_path / "none.jsonl"), "--rps", "1"]) == 2
+    assert "trace file not found" in capsys.readouterr().err

@@ -21,7 +21,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def app_args(tiny_pair: tuple[Path, Path]) -> dict[str, Any]:
+def app_args(tiny_pair: tuple[Path, Path], traces: Path | None = None) -> dict[str, Any]:
     small, large = tiny_pair
     return {
         "small": {"model": str(small)},
@@ -36,12 +36,21 @@ def app_args(tiny_pair: tuple[Path, Path]) -> dict[str, Any]:
             "small": {"num_replicas": 2, "num_cpus": 0.1},
             "large": {"num_replicas": 2, "num_cpus": 0.1},
             "router": {"num_cpus": 0.1},
+            "tracing": {"exporter": "jsonl", "path": str(traces)} if traces else {"exporter": "none"},
         },
     }
 
 
 @pytest.fixture(scope="session")
-def serve_app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the main app's router writes its spans (JSON lines)."""
+    return tmp_path_factory.mktemp("traces") / "spans.jsonl"
+
+
+@pytest.fixture(scope="session")
+def serve_app(
+    tiny_pair: tuple[Path, Path], trace_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """Start Ray and the app once; yields the base URL."""
     from deployments.app import build_app
 
@@ -49,7 +58,7 @@ def serve_app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args(tiny_pair)), name=APP, route_prefix="/")
+        serve.run(build_app(app_args(tiny_pair, trace_file)), name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
