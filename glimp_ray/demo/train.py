@@ -76,8 +76,8 @@ def train_model(
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    # The small model trains on one thread: its result is then bit-for-bit reproducible, and
-    # small runs are sensitive (a run on two threads learned addition far later).
+    # The small model trains on one thread: at this size the outcome is sensitive to the
+    # reduction order (a two-thread run of the same recipe had not yet learned addition).
     torch.set_num_threads(1 if size == "small" else threads)
     # Denormal floats late in training can make CPU kernels many times slower.
     torch.set_flush_denormal(True)
