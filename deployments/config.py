@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from glimp_ray.config import GlimpConfig
 
@@ -74,6 +74,12 @@ class TracingConfig(_Strict):
 
     exporter: Literal["none", "console", "otlp", "jsonl"] = Field("none", description="Span exporter.")
     path: str | None = Field(None, description="The JSON-lines file for the jsonl exporter.")
+
+    @model_validator(mode="after")
+    def _jsonl_needs_a_path(self) -> TracingConfig:
+        if self.exporter == "jsonl" and not self.path:
+            raise ValueError("the jsonl exporter needs a path")
+        return self
 
 
 class ServingConfig(_Strict):

@@ -75,6 +75,7 @@ class FallbackStepClient:
     def __init__(self, primary: StepClient, fallback: StepClient):
         self.primary = primary
         self.fallback = fallback
+        self._fell_back: dict[str, str] = {}  # primary session -> fallback session used
 
     async def step(self, request: StepRequest) -> StepResult:
         try:
@@ -82,9 +83,13 @@ class FallbackStepClient:
         except PoolUnavailableError as exc:
             logger.warning("falling back to the small pool: %s", exc)
             session = request.session_id.rsplit(":", 1)[0] + ":small"
+            self._fell_back[request.session_id] = session
             result = await self.fallback.step(dataclasses.replace(request, session_id=session))
             result.fell_back = True
             return result
 
     async def release(self, session_id: str) -> None:
         await self.primary.release(session_id)
+        fallback_session = self._fell_back.pop(session_id, None)
+        if fallback_session is not None:
+            await self.fallback.release(fallback_session)

@@ -40,7 +40,7 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Caps the answer's tokens.")
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)

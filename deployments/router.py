@@ -74,6 +74,13 @@ def _trace(result: CollabResult) -> dict[str, Any]:
     }
 
 
+def _message(exc: BaseException) -> str:
+    """The original error's message: an error raised in a replica arrives wrapped by Ray
+    (its ``str`` is the replica's whole traceback)."""
+    cause = getattr(exc, "cause", None)
+    return str(cause) if isinstance(cause, BaseException) else str(exc)
+
+
 def _trace_headers(raw: Request) -> dict[str, str]:
     """The caller's W3C trace context; inside Serve's own trace when Ray tracing is on."""
     headers = {k: v for k, v in raw.headers.items() if k in ("traceparent", "tracestate")}
@@ -156,13 +163,14 @@ class GlimpRouter:
         params = self.collab.params.replace(**overrides)
         stream = self.collab.stream(request_id=request_id, **inputs, **overrides)
         events = self._observed(stream, request_id, params, raw)
+        param = "messages" if chat else "prompt"
         if body.stream:
-            first = await self._guard(events.__anext__())
+            first = await self._guard(events.__anext__(), param)
             return StreamingResponse(
                 self._stream(body, request_id, first, events, chat), media_type="text/event-stream"
             )
         result: CollabResult | None = None
-        async for event in self._guarded(events):
+        async for event in self._guarded(events, param):
             if isinstance(event, CollabResult):
                 result = event
         assert result is not None
@@ -184,20 +192,24 @@ class GlimpRouter:
         finally:
             await events.aclose()
 
-    async def _guard(self, awaitable: Any) -> Any:
+    async def _guard(self, awaitable: Any, param: str = "messages") -> Any:
         try:
             return await awaitable
+        except (StopAsyncIteration, APIError):
+            raise
         except PromptTooLongError as exc:
-            raise APIError(400, str(exc), "invalid_request_error", "messages", "context_length_exceeded") from None
+            raise APIError(400, _message(exc), "invalid_request_error", param, "context_length_exceeded") from None
         except PoolUnavailableError as exc:
-            raise APIError(503, str(exc), "service_unavailable", code="pool_unavailable") from None
+            raise APIError(503, _message(exc), "service_unavailable", code="pool_unavailable") from None
         except ValueError as exc:
-            raise APIError(400, str(exc), "invalid_request_error") from None
+            raise APIError(400, _message(exc), "invalid_request_error") from None
+        except Exception as exc:  # anything else is the server's fault, still in OpenAI's shape
+            raise APIError(500, f"{type(exc).__name__}: {_message(exc)}", "internal_error") from None
 
-    async def _guarded(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _guarded(self, events: AsyncIterator[Any], param: str) -> AsyncIterator[Any]:
         while True:
             try:
-                event = await self._guard(events.__anext__())
+                event = await self._guard(events.__anext__(), param)
             except StopAsyncIteration:
                 return
             yield event

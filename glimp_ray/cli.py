@@ -80,9 +80,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if validation is not None:
         v = report["validation"]
+        at_tau = v["large_fraction_at_threshold"]
+        at_tau_text = f"{at_tau:.3f}" if at_tau is not None else "unknown (no glimpse entropies)"
         print(
-            f"validation trace: {v['steps']} glimpses; at τ the large fraction is "
-            f"{v['large_fraction_at_threshold']:.3f}; as recorded it was {v['observed_large_fraction']:.3f}"
+            f"validation trace: {v['steps']} glimpses; at τ the large fraction is {at_tau_text}; "
+            f"as recorded it was {v['observed_large_fraction']:.3f}"
         )
     return 0
 

@@ -235,7 +235,7 @@ class _Run:
         seed = None
         if self.params.seed is not None:
             # A distinct, reproducible seed per step and model.
-            seed = self.params.seed * 1_000_003 + index * 2 + (route == LARGE)
+            seed = (self.params.seed * 1_000_003 + index * 2 + (route == LARGE)) % 2**63
         return SamplingParams(self.params.temperature, self.params.top_p, seed)
 
     def _glimpse(self, threshold: float | None) -> GlimpseSpec:

@@ -64,7 +64,9 @@ def requests_from_spans(spans: Sequence[dict[str, Any]]) -> list[TracedRequest]:
             answers[parent] = attributes
     requests = []
     for span_id, root in roots.items():
-        answer = answers.get(span_id, {})
+        if span_id not in answers:
+            continue  # failed or abandoned: no answer, no latency to learn from
+        answer = answers[span_id]
         requests.append(
             TracedRequest(
                 trace_id=root.get("trace_id", span_id),
@@ -76,7 +78,7 @@ def requests_from_spans(spans: Sequence[dict[str, Any]]) -> list[TracedRequest]:
             )
         )
     if not requests:
-        raise ValueError("no glimp.request spans in the trace")
+        raise ValueError("no finished glimp.request spans in the trace")
     return requests
 
 
@@ -139,7 +141,7 @@ def measure_rates(requests: Sequence[TracedRequest]) -> PoolRates:
     rate = {p: seconds[p] / tokens[p] if tokens[p] else math.nan for p in tokens}
     if math.isnan(rate["small"]) and math.isnan(rate["large"]):
         raise ValueError("the trace has no generated tokens")
-    # A pool never seen in the trace borrows the other's rate (flagged in the report).
+    # A pool never seen in the trace borrows the other's rate.
     rate = {p: rate[p] if not math.isnan(rate[p]) else rate["large" if p == "small" else "small"] for p in rate}
     return PoolRates(rate["small"], rate["large"], sum(glimpses) / len(glimpses) if glimpses else 0.0)
 
@@ -238,7 +240,8 @@ def plan(
     for threshold in [None, *thresholds]:
         d = traced if threshold is None else demand(requests, rates, threshold)
         # Unloaded latency scales with the model time a request needs at this τ.
-        scale = (d["small_work_s"] + d["large_work_s"]) / (traced["small_work_s"] + traced["large_work_s"])
+        traced_work = traced["small_work_s"] + traced["large_work_s"]
+        scale = (d["small_work_s"] + d["large_work_s"]) / traced_work if traced_work else 1.0
         small, large, p95 = size_pools(
             rps, d["small_work_s"], d["large_work_s"], traced_p95 * scale, target_utilization, slo_p95_s
         )

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Status, StatusCode
 
 from glimp_ray.collab import CollabParams, CollabResult, StepRecord
 
@@ -165,8 +166,16 @@ def request_span(
         "glimp.mode": params.mode,
         "glimp.threshold": params.threshold,
     }
-    with tracer.start_as_current_span(SPAN_REQUEST, context=parent, attributes=attributes) as root:
+    # Not made "current": a streamed response ends the span in another task, where
+    # detaching a context attached here would fail. Children name their parent explicitly.
+    root = tracer.start_span(SPAN_REQUEST, context=parent, attributes=attributes)
+    try:
         yield RequestTrace(tracer, root, params)
+    except BaseException as exc:
+        root.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        root.end()
 
 
 def read_spans(path: str | Path) -> list[dict[str, Any]]:

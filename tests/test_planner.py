@@ -62,9 +62,11 @@ def test_calibrate_returns_the_exact_quantile() -> None:
     assert report["threshold"] == pytest.approx(1.1)
     assert report["predicted_large_fraction"] == 0.25
     assert report["validation"]["observed_large_fraction"] == 0.25
-    synthetic = [span("glimp.request", "r", None, latency_s=1.0)] + [
-        step("r", i, "small", i / 10, 1, 0.01) for i in range(100)
-    ]
+    synthetic = (
+        [span("glimp.request", "r", None, latency_s=1.0)]
+        + [step("r", i, "small", i / 10, 1, 0.01) for i in range(100)]
+        + [answer("r", 1, 0.01)]
+    )
     tau = calibrate(requests_from_spans(synthetic), 0.3)["threshold"]
     assert sum(i / 10 > tau for i in range(100)) == 30
 
@@ -96,6 +98,11 @@ def test_plan_adds_replicas_for_a_latency_objective() -> None:
         plan(requests_from_spans(SPANS), rps=10, slo_p95_s=0.5)
 
 
+def test_abandoned_requests_are_left_out() -> None:
+    abandoned = [span("glimp.request", "r3", None), step("r3", 0, "large", 3.0, 50, 5.0)]
+    assert len(requests_from_spans(SPANS + abandoned)) == 2
+
+
 def test_plan_outputs(tmp_path: Path) -> None:
     report = plan(requests_from_spans(SPANS), rps=5, thresholds=[0.3, 0.6, 1.5])
     table = format_plan(report)
@@ -106,9 +113,13 @@ def test_plan_outputs(tmp_path: Path) -> None:
 
 
 def test_bad_traces() -> None:
-    with pytest.raises(ValueError, match="no glimp.request spans"):
+    with pytest.raises(ValueError, match="no finished glimp.request spans"):
         requests_from_spans([])
-    no_entropy = [span("glimp.request", "r", None, latency_s=1.0), step("r", 0, "large", None, 3, 0.1)]  # type: ignore[arg-type]
+    no_entropy = [
+        span("glimp.request", "r", None, latency_s=1.0),
+        step("r", 0, "large", None, 3, 0.1),  # type: ignore[arg-type]
+        answer("r", 1, 0.01),
+    ]
     with pytest.raises(ValueError, match="no glimpse entropies"):
         calibrate(requests_from_spans(no_entropy), 0.2)
     with pytest.raises(ValueError, match="rps"):

@@ -43,6 +43,8 @@ async def run_eval(
     runs: list[RunSummary] = []
     chosen_tau: float | None = None
 
+    if validation not in (None, "demo") and Path(validation).resolve() == Path(dataset).resolve():
+        raise ValueError("the validation set must not be the test set")
     if "entropy" in policies and validation is not None:
         val = load_dataset(validation, "validation", validation_limit)
         _log(f"validation: {len(val.examples)} examples for τ selection")

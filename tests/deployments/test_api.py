@@ -106,6 +106,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": MODEL, "messages": QUESTION, "top_p": 0}, 400, "top_p"),
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 0}, 400, "max_tokens"),
         ({"model": MODEL, "messages": QUESTION, "n": 2}, 400, "n"),
+        ({"model": MODEL, "messages": QUESTION, "seed": 2**70}, 400, "seed"),
         ({"model": "gpt-9", "messages": QUESTION}, 404, "model"),
         ({"model": MODEL, "messages": QUESTION, "glimp": {"policy": "clever"}}, 400, "glimp.policy"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x " * 2000}]}, 400, "messages"),
@@ -128,6 +129,10 @@ def test_malformed_json_and_the_server_keeps_serving(serve_app: str) -> None:
         timeout=60,
     )
     assert error_of(too_long)["code"] == "context_length_exceeded"
+    # The replica's error message, not Ray's wrapped traceback.
+    assert error_of(too_long)["message"].startswith("prompt and transcript are")
+    completion = httpx.post(f"{serve_app}/v1/completions", json={"model": MODEL, "prompt": "x " * 2000}, timeout=60)
+    assert completion.status_code == 400 and error_of(completion)["param"] == "prompt"
     ok = client(serve_app).chat.completions.create(model=MODEL, messages=QUESTION)
     assert ok.choices[0].finish_reason in ("stop", "length")
 
