@@ -224,7 +224,8 @@ class _Run:
         self.prompt = prompt
         self.request_id = request_id
         self.policy = make_policy(params.policy, params.threshold, params.random_p)
-        self.rng = random.Random(params.seed)
+        # Per request: a fixed seed must not give every request the same random routes.
+        self.rng = random.Random(f"{params.seed}:{request_id}") if params.seed is not None else random.Random()
         self.transcript = ""
         self.used: set[Route] = set()
 

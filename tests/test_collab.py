@@ -190,3 +190,15 @@ def test_messages_or_prompt_exactly_one() -> None:
         asyncio.run(collab.run(MESSAGES, prompt="hi"))
     with pytest.raises(ValueError, match="exactly one"):
         asyncio.run(collab.run())
+
+
+def test_random_routes_differ_between_requests_with_one_seed() -> None:
+    entropies = [0.0] * 12
+    patterns = {
+        tuple(
+            s.model
+            for s in run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3, request_id=f"r{i}").steps
+        )
+        for i in range(6)
+    }
+    assert len(patterns) > 1
