@@ -87,8 +87,8 @@ def test_large_policy_never_touches_the_small_model() -> None:
 
 def test_random_policy_is_reproducible_with_a_seed() -> None:
     entropies = [0.0] * 40
-    a = run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3)
-    b = run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3)
+    a = run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3, request_id="same")
+    b = run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3, request_id="same")
     assert [s.model for s in a.steps] == [s.model for s in b.steps]
     assert 0.2 < a.large_step_fraction < 0.8
 
