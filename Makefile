@@ -25,10 +25,10 @@ serve: setup
 
 # One request in-process, printed with its per-step table.
 demo: setup
-	$(BIN)/glimp-ray generate "Start with 12, then multiply by 7, then add 5. Work modulo 100. What is the result?"
+	$(BIN)/glimp-ray generate --config configs/demo-local.yaml "Start with 12, then multiply by 7, then add 5. Work modulo 100. What is the result?"
 
 eval: setup
-	$(BIN)/glimp-ray eval --dataset demo --out eval-out
+	$(BIN)/glimp-ray eval --config configs/demo-local.yaml --dataset demo --out eval-out
 
 tiny: setup tiny-models/small/config.json
 	$(BIN)/glimp-ray generate --config configs/tiny.yaml "What is 6 times 7?"
