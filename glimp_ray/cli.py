@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +61,52 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--utilization", type=float, default=0.7, help="target utilization per replica")
     pl.add_argument("--out", help="directory for plan.json and plan.png")
     pl.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    bt = commands.add_parser("batch", help="run a JSONL/Parquet dataset offline with Ray Data (resumable)")
+    bt.add_argument("--config", help="YAML config of both models (default: the demo models)")
+    bt.add_argument("--input", required=True, help="JSONL or Parquet with an id and a prompt or messages column")
+    bt.add_argument("--output", required=True, help="directory for results-, errors- and traces-*.jsonl")
+    bt.add_argument("--serve-app", help="call this running Serve application instead of loading models")
+    bt.add_argument("--id-column", default="id")
+    bt.add_argument("--prompt-column", default="prompt")
+    bt.add_argument("--messages-column", default="messages")
+    bt.add_argument("--batch-size", type=int, default=8)
+    bt.add_argument("--actors", type=int, default=1, help="Ray Data workers running the loop")
+    bt.add_argument("--num-cpus", type=float, default=0.25, help="CPUs per Ray Data worker")
+    bt.add_argument("--small-gpus", type=float, default=0.0, help="GPUs for the small model's actor")
+    bt.add_argument("--large-gpus", type=float, default=0.0, help="GPUs for the large model's actor")
+    bt.add_argument("--max-prompt-chars", type=int, default=100_000)
+    bt.add_argument("--traces", help="also merge the job's spans into this one file")
     return parser
+
+
+def _batch(args: argparse.Namespace) -> int:
+    import ray
+
+    from glimp_ray.batch import BatchColumns, merge_traces, run_batch
+
+    config = _load(args.config)
+    if not Path(args.input).exists():
+        raise ValueError(f"input not found: {args.input}")
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    columns = BatchColumns(args.id_column, args.prompt_column, args.messages_column)
+    summary = run_batch(
+        config.model_dump(mode="json"),
+        args.input,
+        args.output,
+        args.serve_app,
+        columns,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        num_cpus=args.num_cpus,
+        max_prompt_chars=args.max_prompt_chars,
+        small_resources={"num_gpus": args.small_gpus} if args.small_gpus else None,
+        large_resources={"num_gpus": args.large_gpus} if args.large_gpus else None,
+    )
+    if args.traces:
+        summary["trace_spans"] = merge_traces(args.output, args.traces)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -225,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _calibrate(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "batch":
+            return _batch(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2

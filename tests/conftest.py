@@ -19,6 +19,17 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny_pair(tmp_path_factory.mktemp("tiny-models"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local Ray cluster for the whole test session; yields its GCS address."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def make_engine(tiny_pair: tuple[Path, Path]) -> Iterator[Callable[..., object]]:
     """``make_engine("small" | "large", **engine_kwargs)``: a fresh engine, closed after the test."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 APP = "glimp"
@@ -48,13 +48,10 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def serve_app(
-    tiny_pair: tuple[Path, Path], trace_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Start Ray and the app once; yields the base URL."""
+def serve_app(tiny_pair: tuple[Path, Path], trace_file: Path, ray_cluster: str) -> Iterator[str]:
+    """Start the app once on the session's Ray cluster; yields the base URL."""
     from deployments.app import build_app
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -62,7 +59,6 @@ def serve_app(
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
