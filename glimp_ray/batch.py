@@ -194,8 +194,8 @@ def start_engine_actors(
     parsed = GlimpConfig.model_validate(config)
     remote = ray.remote(EngineActor)
     return (
-        remote.options(**{"num_cpus": 0.5, **(small_resources or {})}).remote(parsed.small.model_dump()),
-        remote.options(**{"num_cpus": 0.5, **(large_resources or {})}).remote(parsed.large.model_dump()),
+        remote.options(**{"num_cpus": 0.25, **(small_resources or {})}).remote(parsed.small.model_dump()),
+        remote.options(**{"num_cpus": 0.25, **(large_resources or {})}).remote(parsed.large.model_dump()),
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +89,12 @@ def _batch(args: argparse.Namespace) -> int:
     if not Path(args.input).exists():
         raise ValueError(f"input not found: {args.input}")
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)  # a running cluster
+        else:
+            # A local cluster with room for the engine actors, the workers and Ray Data's
+            # read tasks even on a 2-core machine (the engines are mostly idle between calls).
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
     columns = BatchColumns(args.id_column, args.prompt_column, args.messages_column)
     summary = run_batch(
         config.model_dump(mode="json"),
