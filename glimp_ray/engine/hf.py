@@ -177,11 +177,13 @@ class HFEngine:
                     break
                 inbox, self._inbox = self._inbox, []
                 releases, self._releases = self._releases, set()
+            # Releases apply to what was queued before them; requests arriving with them come after.
+            pending = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running]}
+            for session_id in releases:
+                if session_id in pending or not self.sessions.release(session_id) and session_id in self.sessions:
+                    self._deferred_releases.add(session_id)  # in use: done when its request ends
             for seq in inbox:
                 self.scheduler.add(seq)
-            for session_id in releases:
-                if not self.sessions.release(session_id) and session_id in self.sessions:
-                    self._deferred_releases.add(session_id)  # busy: done when its request ends
             try:
                 self.run_once()
             except Exception:  # a bug must fail requests, not silently stop the worker
@@ -325,6 +327,9 @@ class HFEngine:
             replica=self.replica,
         )
         self._retire(seq)
+        if cancelled:
+            # Its caller went away: the session would only wait for LRU eviction.
+            self.sessions.release(session.session_id)
         seq.on_done(asyncio.CancelledError() if cancelled else result)
 
     def _cut(
