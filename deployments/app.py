@@ -22,14 +22,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     serving = config.serving
     small = ModelServer.options(  # type: ignore[attr-defined]
         **serving.small.deployment_options("SmallPool")
-    ).bind(config.small.model_dump())
+    ).bind(config.small.model_dump(), serving.metrics_window_s)
     large = ModelServer.options(  # type: ignore[attr-defined]
         **serving.large.deployment_options("LargePool")
-    ).bind(config.large.model_dump())
-    router = GlimpRouter.options(  # type: ignore[attr-defined]
-        name="GlimpRouter",
-        num_replicas=serving.router.num_replicas,
-        max_ongoing_requests=serving.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": serving.router.num_cpus},
-    )
+    ).bind(config.large.model_dump(), serving.metrics_window_s)
+    router = GlimpRouter.options(**serving.router_options())  # type: ignore[attr-defined]
     return router.bind(small, large, config.model_dump(mode="json"))

@@ -91,10 +91,38 @@ class ServingConfig(_Strict):
     fallback_to_small: bool = Field(
         False, description="When the large pool is unavailable, the small pool writes the step."
     )
+    metrics_window_s: float = Field(
+        30.0, gt=0, description="Seconds over which request rate, routing ratio and service rate are measured."
+    )
     small: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The small pool.")
     large: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The large pool.")
     router: RouterDeployment = Field(default_factory=lambda: RouterDeployment(), description="The router.")
     tracing: TracingConfig = Field(default_factory=lambda: TracingConfig(), description="Span export.")
+
+    def router_options(self) -> dict[str, Any]:
+        """``Deployment.options`` of the router. When a pool autoscales, the router gets a fixed-size
+        autoscaling config too: Serve collects its ``record_autoscaling_stats`` (request rate and
+        routing ratio) only from autoscaled deployments."""
+        options: dict[str, Any] = {
+            "name": "GlimpRouter",
+            "max_ongoing_requests": self.router.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.router.num_cpus},
+        }
+        pools = [p.autoscaling_config for p in (self.small, self.large) if p.autoscaling_config is not None]
+        if not pools:
+            options["num_replicas"] = self.router.num_replicas
+            return options
+        n = self.router.num_replicas
+        options["autoscaling_config"] = {
+            "min_replicas": n,
+            "max_replicas": n,
+            "initial_replicas": n,
+            **{key: min(p[key] for p in pools if key in p) for key in _METRICS_KEYS if any(key in p for p in pools)},
+        }
+        return options
+
+
+_METRICS_KEYS = ("metrics_interval_s", "look_back_period_s")
 
 
 class AppConfig(GlimpConfig):

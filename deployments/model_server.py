@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import ray
 from ray import serve
 
+from glimp_ray.autoscaling import ServiceMeter
 from glimp_ray.config import ModelConfig
 from glimp_ray.engine.hf import HFEngine
 from glimp_ray.types import StepRequest, StepResult
@@ -15,8 +18,9 @@ from glimp_ray.types import StepRequest, StepResult
 class ModelServer:
     """Serves step requests for one model; sessions are pinned here by consistent hashing."""
 
-    def __init__(self, model: dict[str, Any]):
+    def __init__(self, model: dict[str, Any], metrics_window_s: float = 30.0):
         config = ModelConfig.model_validate(model)
+        self.service = ServiceMeter(metrics_window_s)
         self.engine = HFEngine.load(**config.engine_kwargs())
         context = serve.get_replica_context()
         self.engine.replica = f"{context.deployment}#{context.replica_id.unique_id}"
@@ -34,8 +38,19 @@ class ModelServer:
             "sessions": len(self.engine.sessions),
             "cached_tokens": self.engine.sessions.cached_tokens,
             "forwarded_tokens": self.engine.forwarded_tokens,
+            "generated_tokens": self.engine.generated_tokens,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "max_context": self.engine.max_context,
         }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Service rate (tokens/s while busy) and queue, for the routing-ratio policy."""
+        self.service.add(time.monotonic(), self.engine.generated_tokens, self.engine.busy_s)
+        stats = {"queued": float(self.engine.queued)}
+        rate = self.service.rate()
+        if rate is not None:
+            stats["service_rate"] = rate
+        return stats
 
     def check_health(self) -> None:
         thread = self.engine._thread

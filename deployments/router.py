@@ -8,6 +8,7 @@ through a DeploymentHandle pinned to the request's session.
 # through Serve's class-based ingress.
 
 import json
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from deployments.protocol import (
     now,
     usage,
 )
+from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.engine.base import PromptTooLongError
 from glimp_ray.tracing import make_tracer_provider, request_span
@@ -120,6 +122,30 @@ class GlimpRouter:
         provider = make_tracer_provider(serving.tracing.exporter, serving.tracing.path, "glimp-ray-router")
         self.tracer = provider.get_tracer("glimp_ray.router")
         self.metrics = RouterMetrics()
+        self.demand = DemandMeter(serving.metrics_window_s, start=time.monotonic())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Change routing, sampling or limits at runtime (Serve's ``user_config``), e.g.
+        ``{"routing": {"threshold": 0.5}}``; later requests use them, running ones keep theirs."""
+        unknown = set(user_config) - {"routing", "sampling", "limits"}
+        if unknown:
+            raise ValueError(f"user_config may set routing, sampling and limits; not {', '.join(sorted(unknown))}")
+        merged = self.config.model_dump()
+        for section, values in user_config.items():
+            merged[section] = {**merged[section], **(values or {})}
+        self.config = AppConfig.model_validate(merged)
+        self.collab.params = self.config.collab_params()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Request rate and routing ratio for the routing-ratio autoscaling policy."""
+        load = self.demand.load(time.monotonic())
+        return {
+            "request_rate": load.request_rate,
+            "tokens_per_request": load.tokens_per_request,
+            "small_token_share": load.token_share.get("small", 0.0),
+            "large_token_share": load.token_share.get("large", 0.0),
+            "large_step_share": load.step_share.get("large", 0.0),
+        }
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
@@ -180,17 +206,26 @@ class GlimpRouter:
         self, events: AsyncGenerator[Any, None], request_id: str, params: Any, raw: Request
     ) -> AsyncGenerator[Any, None]:
         """Spans and metrics for each event; the caller's traceparent joins its trace."""
+        self.demand.arrived(time.monotonic())
         try:
             with request_span(self.tracer, request_id, params, _trace_headers(raw)) as span:
                 async for event in events:
                     span.observe(event)
                     self.metrics.observe(event)
+                    self._measure(event)
                     yield event
         except Exception as exc:
             self.metrics.failed(type(exc).__name__)
             raise
         finally:
             await events.aclose()
+
+    def _measure(self, event: StepRecord | CollabResult) -> None:
+        now = time.monotonic()
+        record = event if isinstance(event, StepRecord) else event.answer_record
+        self.demand.generated(now, "small" if record.fell_back else record.model, record.tokens)
+        if isinstance(event, CollabResult):
+            self.demand.finished(now, event.completion_tokens)
 
     async def _guard(self, awaitable: Any, param: str = "messages") -> Any:
         try:

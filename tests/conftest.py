@@ -21,13 +21,18 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One local Ray cluster for the whole test session; yields its GCS address."""
+    """One local Ray cluster for the whole test session: a head node and two worker nodes
+    labelled ``glimp/pool: small`` and ``glimp/pool: large`` (``cluster/local.py``); yields the
+    GCS address."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    from cluster.local import start_local_cluster
+
+    cluster = start_local_cluster(temp_dir=str(tmp_path_factory.mktemp("ray")))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture

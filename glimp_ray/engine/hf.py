@@ -91,6 +91,8 @@ class HFEngine:
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.forwarded_tokens = 0  # every token ever run through the model, for accounting
+        self.generated_tokens = 0  # every token sampled, for the service rate
+        self.busy_s = 0.0  # seconds the step loop had work, for the service rate
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
@@ -149,6 +151,11 @@ class HFEngine:
             self._releases.add(session_id)
             self._cv.notify()
 
+    @property
+    def queued(self) -> int:
+        """Requests submitted and not yet finished (waiting or running)."""
+        return len(self._inbox) + len(self.scheduler.waiting) + len(self.scheduler.running)
+
     def close(self) -> None:
         """Stop the worker thread; requests still queued are failed."""
         with self._cv:
@@ -184,12 +191,14 @@ class HFEngine:
                     self._deferred_releases.add(session_id)  # in use: done when its request ends
             for seq in inbox:
                 self.scheduler.add(seq)
+            start = time.perf_counter()
             try:
                 self.run_once()
             except Exception:  # a bug must fail requests, not silently stop the worker
                 logger.exception("engine step loop failed; failing its running requests")
                 for seq in list(self.scheduler.running):
                     self._fail(seq, EngineError("engine step loop failed"))
+            self.busy_s += time.perf_counter() - start
         for seq in [*self._inbox, *self.scheduler.waiting, *self.scheduler.running]:
             seq.on_done(EngineError("engine closed"))
 
@@ -283,6 +292,7 @@ class HFEngine:
             state["generator"],
         )
         seq.generated.append(token)
+        self.generated_tokens += 1
         if token in self.eos_ids:
             self._finish(seq, "eos")
         elif state["criteria"] is not None and bool(state["criteria"](torch.tensor([seq.generated]), None)[0]):

@@ -34,7 +34,11 @@ def chat(base: str, content: str, **glimp: Any) -> dict[str, Any]:
 
 def test_each_request_stays_on_one_replica_per_pool_and_reuses_its_cache(serve_app: str) -> None:
     replicas_seen: dict[str, set[str]] = {"small": set(), "large": set()}
-    for i in range(6):
+    # Session ids are random: keep sending (at least 6) until both small replicas served some,
+    # which 16 requests fail to do by chance with probability 2**-15.
+    for i in range(16):
+        if i >= 6 and len(replicas_seen["small"]) == 2:
+            break
         trace = chat(serve_app, f"Question number {i}: what is {i} times 7?", threshold=3.2)["glimp"]
         steps = trace["steps"]
         small_calls = [s["replica"] for s in steps if s["model"] == "small"]

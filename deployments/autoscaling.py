@@ -1,0 +1,121 @@
+"""The application-level autoscaling policy: sizes both pools from the routing ratio.
+
+Name it in the Serve config file (Ray 2.60 takes an application-level policy only there)::
+
+    applications:
+      - name: glimp
+        import_path: deployments.app:build_app
+        autoscaling_policy:
+          policy_function: deployments.autoscaling:RoutingRatioPolicy
+          policy_kwargs: {large: {target_utilization: 0.6}}
+        args:
+          serving:
+            small: {num_replicas: auto, autoscaling_config: {min_replicas: 1, max_replicas: 4}}
+            large: {num_replicas: auto, autoscaling_config: {min_replicas: 1, max_replicas: 8}}
+
+Each pool's ``autoscaling_config`` gives its bounds and Ray's ``upscale_delay_s`` /
+``downscale_delay_s``; ``policy_kwargs`` give :class:`~glimp_ray.autoscaling.PoolScaling`
+fields per pool. The router reports request rate and routing ratio, the model servers their
+service rate and queue (``record_autoscaling_stats``); the arithmetic is in
+:mod:`glimp_ray.autoscaling`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from glimp_ray.autoscaling import Decision, PoolLoad, PoolScaling, PoolState, RouterLoad, decide_pool
+
+logger = logging.getLogger("ray.serve")
+
+POOLS = {"SmallPool": "small", "LargePool": "large"}
+ROUTER = "GlimpRouter"
+
+
+def _values(ctx: Any, metric: str) -> list[float]:
+    return list((ctx.aggregated_metrics or {}).get(metric, {}).values())
+
+
+def router_load(ctx: Any) -> RouterLoad | None:
+    """The routers' reports summed (rates) or rate-weighted (ratios); None before any came."""
+    rates = _values(ctx, "request_rate")
+    if not rates:
+        return None
+    total = sum(rates)
+    weights = [r / total for r in rates] if total else [1 / len(rates)] * len(rates)
+
+    def mean(metric: str) -> float:
+        return sum(w * v for w, v in zip(weights, _values(ctx, metric), strict=False))
+
+    return RouterLoad(
+        request_rate=total,
+        tokens_per_request=mean("tokens_per_request"),
+        token_share={"small": mean("small_token_share"), "large": mean("large_token_share")},
+        step_share={"large": mean("large_step_share")},
+    )
+
+
+def pool_load(ctx: Any) -> PoolLoad:
+    """A pool's replicas' reports: mean service rate, total queue (engines plus handle queues)."""
+    rates = [r for r in _values(ctx, "service_rate") if r > 0]
+    return PoolLoad(
+        replicas=ctx.target_num_replicas,
+        service_rate=sum(rates) / len(rates) if rates else None,
+        queued=sum(_values(ctx, "queued")) + (ctx.total_queued_requests or 0),
+    )
+
+
+class RoutingRatioPolicy:
+    """Ray Serve application-level policy (a class: Serve builds it once with ``policy_kwargs``)."""
+
+    def __init__(
+        self,
+        small: dict[str, Any] | None = None,
+        large: dict[str, Any] | None = None,
+        pools: dict[str, str] | None = None,
+        router: str = ROUTER,
+    ):
+        self.scaling = {"small": PoolScaling(**(small or {})), "large": PoolScaling(**(large or {}))}
+        self.pools = dict(pools or POOLS)
+        self.router = router
+        self.states = {pool: PoolState() for pool in self.scaling}
+        self.decisions: dict[str, Decision] = {}
+
+    def __call__(self, contexts: dict[Any, Any]) -> tuple[dict[Any, float], dict[Any, dict[str, Any]]]:
+        router_ctx = next((ctx for dep, ctx in contexts.items() if dep.name == self.router), None)
+        router = router_load(router_ctx) if router_ctx is not None else None
+        decisions: dict[Any, float] = {}
+        states: dict[Any, dict[str, Any]] = {}
+        for dep, ctx in contexts.items():
+            pool = self.pools.get(dep.name)
+            if pool is None:
+                continue  # the router (and anything else) keeps its own count
+            scaling = dataclasses.replace(
+                self.scaling[pool],
+                min_replicas=ctx.capacity_adjusted_min_replicas,
+                max_replicas=ctx.capacity_adjusted_max_replicas,
+            )
+            now = ctx.current_time if ctx.current_time is not None else time.time()
+            decision = decide_pool(router, pool, pool_load(ctx), scaling, self.states[pool], now)
+            previous = self.decisions.get(pool)
+            if previous is None or previous.replicas != decision.replicas:
+                logger.info(
+                    "routing-ratio policy: %s pool -> %d replicas (desired %.2f, demand %s tokens/s, "
+                    "service rate %s tokens/s)",
+                    pool,
+                    decision.replicas,
+                    decision.desired,
+                    _fmt(decision.demand),
+                    _fmt(decision.state.service_rate),
+                )
+            self.states[pool], self.decisions[pool] = decision.state, decision
+            decisions[dep] = decision.replicas
+            states[dep] = {"desired": decision.desired, "demand": decision.demand}
+        return decisions, states
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

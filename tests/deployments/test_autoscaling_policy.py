@@ -1,0 +1,101 @@
+"""The application-level policy on synthetic Ray Serve autoscaling contexts (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from ray.serve._private.common import DeploymentID, ReplicaID  # noqa: E402
+from ray.serve.config import AutoscalingContext  # noqa: E402
+
+from deployments.autoscaling import RoutingRatioPolicy  # noqa: E402
+
+APP = "glimp"
+
+
+def context(name: str, replicas: int, metrics: dict[str, list[float]], bounds: tuple[int, int] = (1, 8)) -> Any:
+    dep = DeploymentID(name=name, app_name=APP)
+    ids = [ReplicaID(unique_id=f"{name}-{i}", deployment_id=dep) for i in range(replicas)]
+    return AutoscalingContext(
+        deployment_id=dep,
+        deployment_name=name,
+        app_name=APP,
+        current_num_replicas=replicas,
+        target_num_replicas=replicas,
+        running_replicas=ids,
+        total_num_requests=0.0,
+        total_queued_requests=0.0,
+        aggregated_metrics={metric: dict(zip(ids, values, strict=True)) for metric, values in metrics.items()},
+        raw_metrics={},
+        capacity_adjusted_min_replicas=bounds[0],
+        capacity_adjusted_max_replicas=bounds[1],
+        policy_state={},
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=100.0,
+        config=None,
+    )
+
+
+def contexts(large_share: float, large_replicas: int = 1, rate: float = 2.0) -> dict[Any, Any]:
+    """Two routers (their rates add up), two small and ``large_replicas`` large replicas."""
+    router = context(
+        "GlimpRouter",
+        2,
+        {
+            "request_rate": [rate / 2, rate / 2],
+            "tokens_per_request": [300.0, 300.0],
+            "small_token_share": [1 - large_share] * 2,
+            "large_token_share": [large_share] * 2,
+            "large_step_share": [large_share] * 2,
+        },
+        bounds=(2, 2),
+    )
+    small = context("SmallPool", 2, {"service_rate": [100.0, 100.0], "queued": [1.0, 1.0]})
+    large = context(
+        "LargePool", large_replicas, {"service_rate": [100.0] * large_replicas, "queued": [0.0] * large_replicas}
+    )
+    return {ctx.deployment_id: ctx for ctx in (router, small, large)}
+
+
+def by_name(decisions: dict[Any, float]) -> dict[str, float]:
+    return {dep.name: n for dep, n in decisions.items()}
+
+
+def test_ratio_up_large_pool_up_small_pool_down() -> None:
+    policy = RoutingRatioPolicy(
+        small={"target_utilization": 0.5, "smoothing_s": 0}, large={"target_utilization": 0.5, "smoothing_s": 0}
+    )
+    low, state = policy(contexts(0.1))
+    # Demand: 2 req/s x 300 tokens; at 50% of 100 tokens/s a replica plans for 50 tokens/s.
+    assert by_name(low) == {"SmallPool": 8, "LargePool": 2}  # small wants 10.8, capped at max 8
+    assert "GlimpRouter" not in by_name(low)  # the router keeps its own count
+    assert {dep.name: s["desired"] for dep, s in state.items()} == pytest.approx({"SmallPool": 10.8, "LargePool": 1.2})
+    high, _ = policy(contexts(0.5, large_replicas=2))
+    assert by_name(high) == {"SmallPool": 6, "LargePool": 6}
+
+
+def test_bounds_come_from_each_deployments_autoscaling_config() -> None:
+    policy = RoutingRatioPolicy(large={"smoothing_s": 0})
+    ctxs = contexts(1.0)
+    large = next(ctx for ctx in ctxs.values() if ctx.deployment_name == "LargePool")
+    large.capacity_adjusted_max_replicas = 3
+    decisions, _ = policy(ctxs)
+    assert by_name(decisions)["LargePool"] == 3
+
+
+def test_no_router_report_keeps_the_pools() -> None:
+    policy = RoutingRatioPolicy()
+    ctxs = {dep: ctx for dep, ctx in contexts(0.5, large_replicas=3).items() if dep.name != "GlimpRouter"}
+    decisions, _ = policy(ctxs)
+    assert by_name(decisions) == {"SmallPool": 2, "LargePool": 3}
+
+
+def test_bad_policy_kwargs_fail_at_construction() -> None:
+    with pytest.raises(TypeError):
+        RoutingRatioPolicy(large={"target_utilisation": 0.5})
+    with pytest.raises(ValueError, match="target_utilization"):
+        RoutingRatioPolicy(small={"target_utilization": 2.0})

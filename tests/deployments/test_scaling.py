@@ -1,0 +1,201 @@
+"""On the session's multi-node cluster (a head, a ``glimp/pool: small`` and a ``glimp/pool: large``
+node): each pool lands on its node type, and the routing-ratio policy scales the large pool up
+when a lower threshold (through the router's user_config) sends more steps to it, and back down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.deployments.conftest import app_args
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+SCALED = "scaled"
+ALL_SMALL, ALL_LARGE = 1e9, 0.0  # thresholds: no glimpse is above 1e9 nats, every one is above 0
+AUTOSCALING = {
+    "min_replicas": 1,
+    "initial_replicas": 1,
+    "upscale_delay_s": 0,
+    "downscale_delay_s": 3,
+    "metrics_interval_s": 0.5,
+    "look_back_period_s": 2,
+}
+
+
+def scaled_config(tiny_pair: tuple[Path, Path], threshold: float) -> dict[str, Any]:
+    args = app_args(tiny_pair)
+    args["limits"]["answer_model"] = "small"  # so the all-small phase leaves the large pool idle
+    args["serving"] = {
+        **args["serving"],
+        "metrics_window_s": 4,
+        "small": {
+            "num_replicas": "auto",
+            "num_cpus": 0.1,
+            "label_selector": {"glimp/pool": "small"},
+            "autoscaling_config": {**AUTOSCALING, "max_replicas": 2},
+        },
+        "large": {
+            "num_replicas": "auto",
+            "num_cpus": 0.1,
+            "label_selector": {"glimp/pool": "large"},
+            "autoscaling_config": {**AUTOSCALING, "max_replicas": 3},
+        },
+    }
+    # Planning for a fifth of the measured service rate makes a fully loaded pool want its
+    # maximum on this shared 2-core machine, whatever its absolute speed.
+    policy_kwargs = {pool: {"target_utilization": 0.2, "smoothing_s": 1} for pool in ("small", "large")}
+    return {
+        "applications": [
+            {
+                "name": SCALED,
+                "route_prefix": f"/{SCALED}",
+                "import_path": "deployments.app:build_app",
+                "args": args,
+                "autoscaling_policy": {
+                    "policy_function": "deployments.autoscaling:RoutingRatioPolicy",
+                    "policy_kwargs": policy_kwargs,
+                },
+                "deployments": [{"name": "GlimpRouter", "user_config": {"routing": {"threshold": threshold}}}],
+            }
+        ]
+    }
+
+
+def deploy(config: dict[str, Any]) -> None:
+    """What ``serve deploy``/``serve run config.yaml`` do: an application-level autoscaling
+    policy can only come from a config in Ray 2.60, not from ``serve.run``."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def running(deployment: str) -> int:
+    app = serve.status().applications.get(SCALED)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+class Load:
+    """Closed-loop clients sending completions, and a log of replica counts every second."""
+
+    def __init__(self, url: str, clients: int = 4):
+        self.url, self.clients = url, clients
+        self.stop = threading.Event()
+        self.ok = self.failed = 0
+        self.phase = "start"
+        self.timeline: list[tuple[float, str, int, int]] = []
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+        self.threads.append(threading.Thread(target=self._watch, daemon=True))
+        self.start = time.monotonic()
+
+    def _client(self, index: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                body = {
+                    "model": "glimp-tiny",
+                    "prompt": f"client {index} request {n}: count the words",
+                    "max_tokens": 8,
+                }
+                try:
+                    response = client.post(f"{self.url}/v1/completions", json=body)
+                    if response.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                except httpx.HTTPError:
+                    self.failed += 1
+
+    def _watch(self) -> None:
+        while not self.stop.is_set():
+            self.timeline.append(
+                (time.monotonic() - self.start, self.phase, running("SmallPool"), running("LargePool"))
+            )
+            time.sleep(1.0)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=90)
+        print(f"\nreplica counts over time ({self.ok} requests ok, {self.failed} failed):")
+        print("   t (s)  phase        small  large")
+        for t, phase, small, large in self.timeline:
+            print(f"  {t:6.1f}  {phase:<11}  {small:5d}  {large:5d}")
+
+
+def replica_nodes(deployment: str) -> list[str]:
+    """The node of every live replica of ``deployment`` (from the GCS actor table)."""
+    from ray._private.state import actors
+
+    prefix = f"SERVE_REPLICA::{SCALED}#{deployment}#"
+    return [
+        info["Address"]["NodeID"]
+        for info in actors().values()
+        if info.get("Name", "").startswith(prefix) and info["State"] == "ALIVE"
+    ]
+
+
+@pytest.fixture(scope="module")
+def scaled_app(serve_app: str, tiny_pair: tuple[Path, Path]) -> Iterator[str]:
+    deploy(scaled_config(tiny_pair, ALL_SMALL))
+    wait_for(lambda: running("GlimpRouter") == 1 and running("LargePool") == 1, 120, "the scaled app to start")
+    try:
+        yield f"{serve_app}/{SCALED}"
+    finally:
+        serve.delete(SCALED)
+
+
+def test_each_pool_lands_on_its_node_type(scaled_app: str) -> None:
+    pools = {n["NodeID"]: n["Labels"].get("glimp/pool") for n in ray.nodes() if n["Alive"]}
+    small, large = replica_nodes("SmallPool"), replica_nodes("LargePool")
+    assert small and large
+    assert {pools[node] for node in small} == {"small"}
+    assert {pools[node] for node in large} == {"large"}
+
+
+def test_large_pool_follows_the_threshold(scaled_app: str, tiny_pair: tuple[Path, Path]) -> None:
+    with Load(scaled_app) as load:
+        load.phase = "all-small"
+        time.sleep(10)
+        assert running("LargePool") == 1  # idle large pool stays at its minimum
+
+        load.phase = "all-large"
+        deploy(scaled_config(tiny_pair, ALL_LARGE))  # user_config: the router reconfigures in place
+        wait_for(lambda: running("LargePool") >= 2, 90, "the large pool to scale up")
+        wait_for(lambda: running("LargePool") == 3, 60, "the large pool to reach its maximum")
+        # Scaled-up replicas land on the large node too.
+        nodes = {n["NodeID"]: n["Labels"].get("glimp/pool") for n in ray.nodes() if n["Alive"]}
+        assert {nodes[node] for node in replica_nodes("LargePool")} == {"large"}
+
+        load.phase = "all-small"
+        deploy(scaled_config(tiny_pair, ALL_SMALL))
+        wait_for(lambda: running("LargePool") == 1, 90, "the large pool to scale back down")
+        time.sleep(3)
+    assert load.ok > 0
+    assert load.failed == 0
+    counts = [large for _, _, _, large in load.timeline]
+    assert max(counts) == 3 and counts[-1] == 1
