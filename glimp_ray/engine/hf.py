@@ -3,8 +3,11 @@ a step loop on a worker thread.
 
 Each call of :meth:`HFEngine.run_once` admits waiting requests (prefill: reuse the
 session's longest cached prefix, forward only the unseen tokens, take the glimpse), then
-advances every running request by one token. Requests join and leave at any token, so a
-later change can batch the per-token forwards without changing this structure.
+advances every running request by one token. Continuous batching: the prefills admitted
+together run as one forward, and every decoding request is a row of one
+:class:`~glimp_ray.engine.batch.DecodeBatch`, so a token for all of them is one forward.
+Requests join and leave the batch at any token; sampling, stop rules and the glimpse stay
+per request.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -24,7 +28,8 @@ import torch
 from transformers import DynamicCache, StopStringCriteria
 
 from glimp_ray.engine.base import EngineError, PromptTooLongError
-from glimp_ray.engine.sampling import build_processors, make_generator, sample_token
+from glimp_ray.engine.batch import DecodeBatch, batchable, prefill
+from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.engine.scheduler import DoneCallback, Scheduler, Sequence
 from glimp_ray.engine.session import Session, SessionCache
 from glimp_ray.engine.text import decode_with_ends, render_prompt
@@ -61,7 +66,10 @@ class HFEngine:
 
     Implements :class:`~glimp_ray.engine.base.StepClient`. ``max_sessions`` and
     ``max_cached_tokens`` bound the KV memory (LRU eviction); ``max_running`` bounds how
-    many requests decode at once.
+    many requests decode at once (the batch size), and ``max_batch_tokens`` the KV positions
+    of the decode batch, padding included (admission waits while it is full). ``batching``
+    off runs one sequence per forward (the reference path, and the fallback for caches that
+    cannot be batched).
     """
 
     def __init__(
@@ -74,8 +82,10 @@ class HFEngine:
         think_end: str = "</think>",
         max_sessions: int = 256,
         max_cached_tokens: int = 1_000_000,
-        max_running: int = 8,
+        max_running: int = 32,
+        max_batch_tokens: int = 1 << 20,
         max_context: int | None = None,
+        batching: bool = True,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -87,13 +97,19 @@ class HFEngine:
         self.max_context = max_context or _max_context(model, tokenizer)
         self.sessions = SessionCache(max_sessions, max_cached_tokens)
         self.scheduler = Scheduler(max_running)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.max_batch_tokens = max_batch_tokens
+        self.batching = batching and batchable(model)
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.batch = DecodeBatch(model, self._cache_kwarg)
+        self._leaving: list[Sequence] = []  # finished rows, taken out of the batch together
+        self.eos_ids = _eos_ids(model, tokenizer)
         self.forwarded_tokens = 0  # every token ever run through the model, for accounting
         self.generated_tokens = 0  # every token sampled, for the service rate
         self.busy_s = 0.0  # seconds the step loop had work, for the service rate
-        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._stop_criteria: dict[tuple[str, ...], tuple[StopStringCriteria, list[bool]]] = {}
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
         self._releases: set[str] = set()
@@ -206,26 +222,51 @@ class HFEngine:
 
     def run_once(self) -> None:
         """Admit and prefill waiting requests, then decode one token for each running one."""
-        for seq in self.scheduler.admit(self._is_busy):
-            self._guarded(seq, self._prefill)
+        admitted = self.scheduler.admit(self._is_busy, self._has_room)
+        prepared = [seq for seq in admitted if self._guarded(seq, self._prepare)]
+        # A session continuing where it stopped has one new token (its last one, never
+        # forwarded): it joins the decode forward instead of a prefill of its own.
+        joining = [seq for seq in prepared if self.batching and self._prefills_by_decode(seq)]
+        prefilling = [seq for seq in prepared if seq not in joining]
+        self._forward_prefills(prefilling)
+        for seq in prefilling:
+            self._guarded(seq, self._glimpse)
         for seq in list(self.scheduler.running):
             if seq.aborted:
                 self._guarded(seq, lambda s: self._finish(s, "length", cancelled=True))
-            else:
-                self._guarded(seq, self._decode)
+        stepping = self._advance([seq for seq in self.scheduler.running if seq not in joining])
+        for seq in stepping:
+            seq.state["feed"] = seq.generated[-1]
+        for seq in joining:
+            seq.state["feed"] = seq.state["prefill"][0]
+        self._flush_leaves()
+        self._forward_decodes(stepping + joining)
+        for seq in joining:
+            self._guarded(seq, self._glimpse)
+        self._flush_leaves()  # a request can end at its glimpse: its session is free at once
 
     def _is_busy(self, session_id: str) -> bool:
         session = self.sessions.peek(session_id)
         return session is not None and session.busy
 
-    def _guarded(self, seq: Sequence, work: Any) -> None:
+    def _prefills_by_decode(self, seq: Sequence) -> bool:
+        session = seq.session
+        return len(seq.state["prefill"]) == 1 and session.kv_len > 0 and session.cache is not None
+
+    def _has_room(self) -> bool:
+        return self.batch.padded_tokens < self.max_batch_tokens
+
+    def _guarded(self, seq: Sequence, work: Any) -> bool:
+        """Run ``work(seq)``; an error fails that request alone. True when it returned true."""
         try:
-            work(seq)
+            return bool(work(seq))
         except Exception as exc:  # one bad request must not stop the loop
             self._fail(seq, exc)
+            return False
 
     @torch.inference_mode()
     def _forward(self, session: Session, token_ids: list[int]) -> torch.Tensor:
+        """One sequence, one forward (the unbatched path)."""
         if session.cache is None:
             session.cache = DynamicCache(config=self.model.config)
         inputs = torch.tensor([token_ids], device=self.device)
@@ -234,7 +275,9 @@ class HFEngine:
         self.forwarded_tokens += len(token_ids)
         return out.logits[0, -1]
 
-    def _prefill(self, seq: Sequence) -> None:
+    def _prepare(self, seq: Sequence) -> bool:
+        """Match the session's cache to the request's text; the tokens to forward go in
+        ``seq.state["prefill"]``."""
         request = seq.request
         start = time.perf_counter()
         session = seq.session = self.sessions.get(request.session_id)
@@ -256,13 +299,41 @@ class HFEngine:
         if session.kv_len == len(session.tokens):
             session.crop_kv(len(session.tokens) - 1)  # the last position's logits are needed
         seq.reused_tokens = session.kv_len
-        to_forward = session.tokens[session.kv_len :]
-        seq.prefill_tokens = len(to_forward)
+        seq.state["prefill"] = session.tokens[session.kv_len :]
+        seq.prefill_tokens = len(seq.state["prefill"])
         seq.context_tokens = len(session.tokens)
-        seq.logits = self._forward(session, to_forward)
-        seq.prefill_s = time.perf_counter() - start
-        seq.decode_start = time.perf_counter()
+        seq.state["prefill_start"] = start
+        return True
 
+    def _forward_prefills(self, seqs: list[Sequence]) -> None:
+        if not seqs:
+            return
+        if not self.batching or len(seqs) == 1:
+            for seq in seqs:
+                self._guarded(seq, lambda s: setattr(s, "logits", self._forward(s.session, s.state["prefill"])))
+            return
+        try:
+            caches, logits = prefill(
+                self.model, self._cache_kwarg, [(s.session.cache, s.state["prefill"]) for s in seqs]
+            )
+        except Exception as exc:  # the batch failed: so did each of its requests
+            logger.exception("batched prefill failed")
+            for seq in seqs:
+                self._fail(seq, exc)
+            return
+        for seq, cache, row in zip(seqs, caches, logits, strict=True):
+            seq.session.cache = cache
+            seq.session.kv_len += len(seq.state["prefill"])
+            self.forwarded_tokens += len(seq.state["prefill"])
+            seq.logits = row
+
+    def _glimpse(self, seq: Sequence) -> None:
+        """After the prefill: the glimpse (and routing), or the set-up for decoding."""
+        if seq.logits is None:
+            return  # its prefill failed
+        request, session = seq.request, seq.session
+        seq.prefill_s = time.perf_counter() - seq.state["prefill_start"]
+        seq.decode_start = time.perf_counter()
         if request.glimpse is not None:
             spec = request.glimpse
             seq.entropy = glimpse_entropy(seq.logits, spec.entropy, spec.top_k)
@@ -276,39 +347,98 @@ class HFEngine:
         seq.max_tokens = min(gen.max_tokens, self.max_context - len(session.tokens))
         stops = gen.stop if request.close_thinking else (*gen.stop, self.think_end)
         seq.state["stops"] = tuple(s for s in stops if s)
-        seq.state["criteria"] = self._criteria(seq.state["stops"])
+        seq.state["sampling"] = gen.sampling
         seq.state["processors"] = build_processors(gen.sampling)
         seq.state["generator"] = make_generator(gen.sampling, self.device)
+        seq.state["decoding"] = True
 
-    def _decode(self, seq: Sequence) -> None:
-        assert seq.request.generate is not None
-        state = seq.state
-        generated = torch.tensor([seq.generated], dtype=torch.long) if seq.generated else None
-        token = sample_token(
-            seq.logits,
-            generated if generated is not None else torch.zeros((1, 0), dtype=torch.long),
-            seq.request.generate.sampling,
-            state["processors"],
-            state["generator"],
-        )
+    def _advance(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Sample the next token of every decoding request at once; returns those that go on."""
+        decoding = [seq for seq in seqs if seq.state.get("decoding")]
+        if not decoding:
+            return []
+        try:
+            logits = torch.stack([seq.logits for seq in decoding])
+            rows = [(seq.state["sampling"], seq.state["processors"], seq.state["generator"]) for seq in decoding]
+            tokens = sample_tokens(logits, rows)
+        except Exception as exc:
+            for seq in decoding:
+                self._fail(seq, exc)
+            return []
+        going = []
+        for seq, token in zip(decoding, tokens, strict=True):
+            if self._guarded(seq, functools.partial(self._take, token=token)):
+                going.append(seq)
+        return going
+
+    def _take(self, seq: Sequence, token: int) -> bool:
+        """Append a sampled token and apply the stop rules; True when the request goes on."""
         seq.generated.append(token)
         self.generated_tokens += 1
         if token in self.eos_ids:
             self._finish(seq, "eos")
-        elif state["criteria"] is not None and bool(state["criteria"](torch.tensor([seq.generated]), None)[0]):
+        elif self._stops_at(seq, token):
             self._finish(seq, "delimiter")  # refined to think_end from the text
         elif len(seq.generated) >= seq.max_tokens:
             self._finish(seq, "length")
         else:
-            seq.logits = self._forward(seq.session, [token])
+            return True
+        return False
 
-    def _criteria(self, stops: tuple[str, ...]) -> StopStringCriteria | None:
+    def _stops_at(self, seq: Sequence, token: int) -> bool:
+        stops = seq.state["stops"]
         if not stops:
-            return None
+            return False
+        criteria, can_end = self._criteria(stops)
+        # Only a token that can end a stop string can complete one: most tokens skip the check.
+        if not can_end[min(token, len(can_end) - 1)]:
+            return False
+        return bool(criteria(torch.tensor([seq.generated]), None)[0])
+
+    def _forward_decodes(self, seqs: list[Sequence]) -> None:
+        """Forward each request's newest token: one batched forward, or one each."""
+        if not seqs:
+            return
+        if not self.batching:
+            for seq in seqs:
+                self._guarded(seq, lambda s: setattr(s, "logits", self._forward(s.session, [s.state["feed"]])))
+            return
+        try:
+            joining = [seq for seq in seqs if seq not in self.batch]
+            self.batch.join([(seq, seq.session.cache) for seq in joining])
+            for seq in joining:
+                seq.session.cache = None  # the batch holds it until the request leaves
+            assert len(self.batch) == len(seqs), "every row of the decode batch decodes"
+            rows: list[Sequence] = list(self.batch.rows)  # type: ignore[arg-type]
+            logits = self.batch.step([seq.state["feed"] for seq in rows])
+        except Exception as exc:
+            logger.exception("batched decode failed; failing its requests")
+            for seq in seqs:
+                self._fail(seq, exc)
+            self.batch = DecodeBatch(self.model, self._cache_kwarg)
+            return
+        self.forwarded_tokens += len(rows)
+        for seq, row in zip(rows, logits, strict=True):
+            seq.session.kv_len += 1
+            seq.logits = row
+
+    def _flush_leaves(self) -> None:
+        """Finished rows leave the decode batch together; their sessions get their caches back."""
+        leaving = [seq for seq in self._leaving if seq in self.batch]
+        self._leaving = []
+        if leaving:
+            for seq, cache in self.batch.leave(leaving).items():
+                seq.session.cache = cache  # type: ignore[attr-defined]
+
+    def _criteria(self, stops: tuple[str, ...]) -> tuple[StopStringCriteria, list[bool]]:
+        """transformers' stop-string criteria for these stops, and which token ids can end a
+        match (read from the criteria's own table: a token overlapping a stop string's end)."""
         if stops not in self._stop_criteria:
             if len(self._stop_criteria) >= _MAX_STOP_CRITERIA:
                 self._stop_criteria.pop(next(iter(self._stop_criteria)))
-            self._stop_criteria[stops] = StopStringCriteria(self.tokenizer, list(stops))
+            criteria = StopStringCriteria(self.tokenizer, list(stops))
+            ends = criteria.embedding_vec[:, criteria.max_valid_positions * criteria.num_stop_strings : -1]
+            self._stop_criteria[stops] = (criteria, (ends > 0).any(dim=1).tolist())
         return self._stop_criteria[stops]
 
     def _finish(self, seq: Sequence, reason: FinishReason, cancelled: bool = False) -> None:
@@ -375,6 +505,9 @@ class HFEngine:
             session.busy = False
             self.sessions.release(session.session_id)
             self._deferred_releases.discard(session.session_id)
+        if seq in self.batch:
+            with contextlib.suppress(Exception):
+                self.batch.leave([seq])  # its cache is dropped with the session
         if seq in self.scheduler.running:
             self.scheduler.finish(seq)
         with contextlib.suppress(Exception):
@@ -384,6 +517,8 @@ class HFEngine:
         session_id = seq.session.session_id
         seq.session.busy = False
         self.scheduler.finish(seq)
+        if seq in self.batch:
+            self._leaving.append(seq)
         if session_id in self._deferred_releases:
             self._deferred_releases.discard(session_id)
             self.sessions.release(session_id)

@@ -1,4 +1,5 @@
-"""Sampling one token with transformers' logits warpers and a per-request generator."""
+"""Sampling with transformers' logits warpers and a per-request generator, one request or a
+batch of them (rows with the same parameters are warped together)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,27 @@ def sample_token(
     scores = processors(input_ids, logits.float().unsqueeze(0))  # type: ignore[arg-type]
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    rows: list[tuple[SamplingParams, LogitsProcessorList, torch.Generator]],
+) -> list[int]:
+    """One token per row of ``logits`` (``[rows, vocab]``), each with its own parameters and
+    generator; the same draws as :func:`sample_token` row by row."""
+    tokens = [0] * len(rows)
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i, (params, _, _) in enumerate(rows):
+        groups.setdefault((params.temperature, params.top_p), []).append(i)
+    for (temperature, _), members in groups.items():
+        index = torch.tensor(members, device=logits.device)
+        if temperature == 0:
+            for i, token in zip(members, logits.index_select(0, index).argmax(dim=-1).tolist(), strict=True):
+                tokens[i] = int(token)
+            continue
+        processors = rows[members[0]][1]
+        scores = processors(torch.zeros((len(members), 0), dtype=torch.long), logits.index_select(0, index).float())  # type: ignore[arg-type]
+        probs = torch.softmax(scores, dim=-1)
+        for row, i in enumerate(members):
+            tokens[i] = int(torch.multinomial(probs[row], 1, generator=rows[i][2]))
+    return tokens

@@ -1,8 +1,10 @@
 """Request queue and admission, in the manner of nano-vllm's scheduler.
 
 Requests wait in FIFO order and are admitted while fewer than ``max_running`` are in
-flight. A request whose session is busy (another call for the same session is running)
-waits without blocking the requests behind it, so nothing starves.
+flight and the engine has room (its decode batch's memory bound). A request whose session is
+busy (another call for the same session is running) waits without blocking the requests
+behind it, so nothing starves: running requests finish within their token budget, which
+frees a place for the oldest waiting one.
 """
 
 from __future__ import annotations
@@ -57,11 +59,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def admit(self, is_busy: Callable[[str], bool]) -> list[Sequence]:
+    def admit(self, is_busy: Callable[[str], bool], has_room: Callable[[], bool] = lambda: True) -> list[Sequence]:
         """Move waiting requests to running, oldest first, skipping busy sessions."""
         admitted: list[Sequence] = []
         deferred: deque[Sequence] = deque()
-        while self.waiting and len(self.running) < self.max_running:
+        while self.waiting and len(self.running) < self.max_running and (not self.running or has_room()):
             seq = self.waiting.popleft()
             if seq.aborted:
                 continue

@@ -1,0 +1,334 @@
+"""Batched forwards over per-session KV caches (continuous batching).
+
+Each session keeps its own batch-1 ``DynamicCache``. Sequences that are decoding live together
+in a :class:`DecodeBatch`: their caches left-padded into one batched cache with a 2-D
+attention mask and explicit position ids, so one forward advances every row by a token. Rows
+join and leave at any token (a join or a leave copies the batch once, however many rows it
+moves). :func:`prefill` runs the new tokens of several sessions in one forward and hands each
+session its cache back.
+
+Transformers' own continuous batching (``generate_batch``, ``init_continuous_batching``) owns
+the model, its paged cache and the sampling loop: it exposes no first-token logits (the
+glimpse entropy), no stop strings, no per-request seed and no session cache to reuse and crop,
+so the engine batches plain forwards instead. Only full-attention ``DynamicLayer`` caches are
+batched; other cache types (sliding window, linear attention) run one sequence per forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+_KEEP_POSITIONS = (
+    1 << 16
+)  # an empty batch keeps buffers up to this many rows x columns  # per layer: keys, values [batch, heads, tokens, dim]
+
+
+def batchable(model: Any) -> bool:
+    """Whether this model's cache is made of plain full-attention layers."""
+    cache = DynamicCache(config=model.config)
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def cache_from(kv: KV) -> DynamicCache:
+    """A ``DynamicCache`` of full-attention layers holding these tensors (no copy)."""
+    cache = DynamicCache()
+    cache.layers = [_layer(keys, values) for keys, values in kv]
+    return cache
+
+
+def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
+    layer = DynamicLayer()
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    return layer
+
+
+def _set(cache: DynamicCache, kv: KV) -> None:
+    """Replace the tensors of ``cache``'s layers in place."""
+    layer: Any
+    for layer, (keys, values) in zip(cache.layers, kv, strict=True):
+        layer.keys, layer.values = keys, values
+
+
+def _layers(cache: Any) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _device(cache: Any) -> torch.device:
+    return cache.layers[0].keys.device  # type: ignore[no-any-return]
+
+
+def _kv(cache: DynamicCache | None) -> KV | None:
+    if cache is None or cache.get_seq_length() == 0:
+        return None
+    return _layers(cache)
+
+
+def _stack(rows: Sequence[KV | None], lengths: Sequence[int], like: KV) -> tuple[KV, int]:
+    """Right-align each entry's tokens in one zero-filled (padded) tensor per layer; an entry
+    may hold several rows already (the current batch); ``None`` is one all-padding row."""
+    width = max(lengths)
+    sizes = [1 if row is None else row[0][0].shape[0] for row in rows]
+    stacked: KV = []
+    for layer, (k0, v0) in enumerate(like):
+        keys = k0.new_zeros((sum(sizes), k0.shape[1], width, k0.shape[3]))
+        values = v0.new_zeros((sum(sizes), v0.shape[1], width, v0.shape[3]))
+        offset = 0
+        for row, size, length in zip(rows, sizes, lengths, strict=True):
+            if row is not None:
+                keys[offset : offset + size, :, width - length :] = row[layer][0]
+                values[offset : offset + size, :, width - length :] = row[layer][1]
+            offset += size
+        stacked.append((keys, values))
+    return stacked, width
+
+
+def _mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
+    positions = torch.arange(width, device=device)
+    starts = torch.tensor([width - n for n in lengths], device=device)
+    return (positions[None, :] >= starts[:, None]).long()
+
+
+class _BufferLayer(DynamicLayer):
+    """A full-attention cache layer whose tokens live in a preallocated buffer: a decode step
+    writes one column in place instead of concatenating a new tensor (as ``DynamicLayer`` does).
+    ``keys``/``values`` are views of the active rows and columns."""
+
+    def __init__(self, batch: DecodeBatch, index: int):
+        super().__init__()
+        self.batch, self.index = batch, index
+        self.is_initialized = True
+        self.refresh()
+
+    def refresh(self) -> None:
+        b = self.batch
+        self.keys = b.keys[self.index][: len(b.rows), :, b.start : b.end]
+        self.values = b.values[self.index][: len(b.rows), :, b.start : b.end]
+        self.device = self.keys.device
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        b, n = self.batch, key_states.shape[-2]
+        rows = len(b.rows)
+        b.keys[self.index][:rows, :, b.end : b.end + n] = key_states
+        b.values[self.index][:rows, :, b.end : b.end + n] = value_states
+        self.keys = b.keys[self.index][:rows, :, b.start : b.end + n]
+        self.values = b.values[self.index][:rows, :, b.start : b.end + n]
+        return self.keys, self.values
+
+
+class DecodeBatch:
+    """The rows decoding together, in preallocated per-layer buffers ``[row, head, column, dim]``.
+
+    Rows ``0..len-1`` are in use; every row's real tokens end at column ``end`` (right-aligned)
+    and row ``i`` holds ``lengths[i]`` of them; columns ``start..end`` are active, the rest of a
+    row's active columns is padding, masked out. A step writes one column in place; a joining
+    row is copied into the next free row, and a leaving row is copied out and the last row moved
+    into its place, so join and leave cost one row, not the batch. Buffers grow by doubling.
+    """
+
+    def __init__(self, model: Any, cache_kwarg: str = "past_key_values"):
+        self.model = model
+        self.cache_kwarg = cache_kwarg
+        self.rows: list[Hashable] = []
+        self.lengths: list[int] = []
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask: torch.Tensor | None = None  # [row capacity, column capacity], 1 on real tokens
+        self.start = self.end = 0
+        self.cache: DynamicCache | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    @property
+    def padded_tokens(self) -> int:
+        """KV positions in use, padding included (what bounds the batch's memory)."""
+        return len(self.rows) * (self.end - self.start)
+
+    @torch.inference_mode()
+    def join(self, entries: Sequence[tuple[Hashable, DynamicCache]]) -> None:
+        """Add rows, each with its session's batch-1 cache (copied in)."""
+        for key, cache in entries:
+            row = _kv(cache)
+            if row is None:
+                raise ValueError("a row joining the decode batch needs a prefilled cache")
+            length = row[0][0].shape[2]
+            self._reserve(len(self.rows) + 1, max(length, self.end - self.start), row)
+            if self.end - length < self.start:  # the window widens: the new columns are padding
+                assert self.mask is not None
+                self.mask[: len(self.rows), self.end - length : self.start] = 0
+                self.start = self.end - length
+            i = len(self.rows)
+            for layer, (k, v) in enumerate(row):
+                self.keys[layer][i, :, self.end - length : self.end] = k[0]
+                self.values[layer][i, :, self.end - length : self.end] = v[0]
+            assert self.mask is not None
+            self.mask[i, self.start : self.end] = 0
+            self.mask[i, self.end - length : self.end] = 1
+            self.rows.append(key)
+            self.lengths.append(length)
+        self._refresh()
+
+    @torch.inference_mode()
+    def leave(self, keys: Sequence[Hashable]) -> dict[Hashable, DynamicCache]:
+        """Remove rows; each comes back as a batch-1 cache of exactly its real tokens."""
+        out: dict[Hashable, DynamicCache] = {}
+        for key in keys:
+            i, n = self.rows.index(key), self.lengths[self.rows.index(key)]
+            out[key] = cache_from(
+                [
+                    (k[i : i + 1, :, self.end - n : self.end].clone(), v[i : i + 1, :, self.end - n : self.end].clone())
+                    for k, v in zip(self.keys, self.values, strict=True)
+                ]
+            )
+            last = len(self.rows) - 1
+            if i != last:  # the last row moves into the hole
+                for k, v in zip(self.keys, self.values, strict=True):
+                    k[i, :, self.start : self.end] = k[last, :, self.start : self.end]
+                    v[i, :, self.start : self.end] = v[last, :, self.start : self.end]
+                assert self.mask is not None
+                self.mask[i, self.start : self.end] = self.mask[last, self.start : self.end]
+                self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
+            self.rows.pop()
+            self.lengths.pop()
+        if not self.rows:
+            # Small buffers stay for the next rows; big ones (after a burst) are freed.
+            if self.keys and self.keys[0].shape[0] * self.keys[0].shape[2] > _KEEP_POSITIONS:
+                self.clear()
+            self.start = self.end
+            return out
+        self.start = self.end - max(self.lengths)  # columns that are padding in every row go
+        self._refresh()
+        return out
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Forward one token per row (in row order); returns the next-token logits ``[rows, vocab]``."""
+        assert self.cache is not None and self.mask is not None and len(tokens) == len(self.rows)
+        self._reserve(len(self.rows), self.end - self.start)
+        self._refresh()
+        rows, device = len(self.rows), self.mask.device
+        self.mask[:rows, self.end] = 1
+        kwargs: dict[str, Any] = {}
+        if min(self.lengths) < self.end - self.start:  # some row is padded
+            kwargs["attention_mask"] = self.mask[:rows, self.start : self.end + 1]
+            kwargs["position_ids"] = torch.tensor(self.lengths, device=device).view(-1, 1)
+        inputs = torch.tensor(tokens, device=device).view(-1, 1)
+        out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache}, **kwargs)
+        self.end += 1
+        self.lengths = [n + 1 for n in self.lengths]
+        self._refresh()
+        return out.logits[:, -1]
+
+    def clear(self) -> None:
+        """Drop every row and free the buffers."""
+        self.rows, self.lengths = [], []
+        self.keys, self.values, self.mask, self.cache = [], [], None, None
+        self.start = self.end = 0
+
+    def _reserve(self, rows: int, width: int, like: KV | None = None) -> None:
+        """Room for ``rows`` rows, ``width`` active columns and one more column after them."""
+        have_rows = self.keys[0].shape[0] if self.keys else 0
+        columns = self.keys[0].shape[2] if self.keys else 0
+        if rows <= have_rows and self.end - width >= 0 and self.end + 1 <= columns:
+            return
+        new_rows = max(rows, 2 * have_rows, 4)
+        new_columns = max(4 * (width + 1), 64)
+        new_end = new_columns // 2  # the window ends mid-buffer: room for longer rows and for steps
+        used = self.end - self.start
+        if self.keys:
+            self.keys = [_moved(k, new_rows, new_columns, self.start, self.end, new_end) for k in self.keys]
+            self.values = [_moved(v, new_rows, new_columns, self.start, self.end, new_end) for v in self.values]
+        else:
+            assert like is not None
+            self.keys = [k.new_zeros((new_rows, k.shape[1], new_columns, k.shape[3])) for k, _ in like]
+            self.values = [v.new_zeros((new_rows, v.shape[1], new_columns, v.shape[3])) for _, v in like]
+        mask = torch.zeros((new_rows, new_columns), dtype=torch.long, device=self.keys[0].device)
+        if self.mask is not None:
+            mask[: len(self.rows), new_end - used : new_end] = self.mask[: len(self.rows), self.start : self.end]
+        self.mask = mask
+        self.start, self.end = new_end - used, new_end
+
+    def _refresh(self) -> None:
+        """Point the cache the model sees at the active rows and columns."""
+        if self.cache is None:
+            self.cache = DynamicCache()
+            self.cache.layers = [_BufferLayer(self, i) for i in range(len(self.keys))]
+        for layer in self.cache.layers:
+            layer.refresh()  # type: ignore[union-attr]
+
+
+def _moved(buffer: torch.Tensor, rows: int, columns: int, start: int, end: int, new_end: int) -> torch.Tensor:
+    """A bigger buffer holding ``buffer``'s active window, now ending at ``new_end``."""
+    moved = buffer.new_zeros((rows, buffer.shape[1], columns, buffer.shape[3]))
+    moved[: buffer.shape[0], :, new_end - (end - start) : new_end] = buffer[:, :, start:end]
+    return moved
+
+
+@torch.inference_mode()
+def prefill(
+    model: Any, cache_kwarg: str, entries: Sequence[tuple[DynamicCache | None, list[int]]]
+) -> tuple[list[DynamicCache], torch.Tensor]:
+    """Forward each session's new tokens after its cache, all in one forward.
+
+    Row ``i`` is laid out as ``[padding, cache_i, padding, new_i]``: caches left-padded to the
+    longest, new tokens left-padded to the longest, so every row's last column is its last
+    token. Returns each session's cache extended by its new tokens (padding removed) and the
+    next-token logits ``[rows, vocab]``.
+    """
+    config = model.config
+    if len(entries) == 1:  # nothing to pad: the plain batch-1 forward
+        cache, ids = entries[0]
+        cache = cache if cache is not None else DynamicCache(config=config)
+        device = next(model.parameters()).device
+        out = model(
+            input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}
+        )
+        return [cache], out.logits[:, -1]
+    device = next(model.parameters()).device
+    rows = [_kv(cache) for cache, _ in entries]
+    cached = [0 if row is None else row[0][0].shape[2] for row in rows]
+    new = [len(ids) for _, ids in entries]
+    width, longest = max(cached), max(new)
+    batch: DynamicCache
+    if width:
+        like = next(r for r in rows if r is not None)
+        kv, _ = _stack(rows, cached, like)
+        batch = cache_from(kv)
+    else:
+        batch = DynamicCache(config=config)
+    inputs = torch.zeros((len(entries), longest), dtype=torch.long, device=device)
+    for i, (_, ids) in enumerate(entries):
+        inputs[i, longest - len(ids) :] = torch.tensor(ids, device=device)
+    cache_mask = _mask(cached, width, device)
+    input_mask = _mask(new, longest, device)
+    # Position of each new token: after its own cache (padding gets any position; it is masked).
+    positions = torch.tensor(cached, device=device)[:, None] + (
+        torch.arange(longest, device=device)[None, :] - (longest - torch.tensor(new, device=device))[:, None]
+    )
+    out = model(
+        input_ids=inputs,
+        attention_mask=torch.cat([cache_mask, input_mask], dim=1),
+        position_ids=positions.clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kwarg: batch},
+    )
+    caches = []
+    for i in range(len(entries)):
+        kv = []
+        for k, v in _layers(batch):
+            keep = [k[i : i + 1, :, width - cached[i] : width], k[i : i + 1, :, width + longest - new[i] :]]
+            keep_v = [v[i : i + 1, :, width - cached[i] : width], v[i : i + 1, :, width + longest - new[i] :]]
+            kv.append((torch.cat(keep, dim=2), torch.cat(keep_v, dim=2)))
+        caches.append(cache_from(kv))
+    return caches, out.logits[:, -1]
