@@ -36,7 +36,9 @@ class ModelConfig(_Strict):
     max_cached_tokens: int = Field(1_000_000, ge=1, description="Tokens kept across all sessions (LRU).")
     max_running: int = Field(32, ge=1, description="Requests decoding at once in one engine (the batch size).")
     max_batch_tokens: int = Field(
-        1 << 20, ge=1, description="KV positions in the decode batch, padding included; admission waits above it."
+        1 << 20,
+        ge=1,
+        description="Bound on the decode batch: running requests x the longest context; admission waits above it.",
     )
     batching: bool = Field(True, description="Continuous batching; off runs one sequence per forward.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")

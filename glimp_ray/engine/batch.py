@@ -44,7 +44,8 @@ def cache_from(kv: KV) -> DynamicCache:
 
 def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
     layer = DynamicLayer()
-    layer.lazy_initialization(keys, values)
+    # The state ``lazy_initialization`` + ``update`` would leave, without their copy.
+    layer.device, layer.is_initialized = keys.device, True
     layer.keys, layer.values = keys, values
     return layer
 
@@ -126,10 +127,13 @@ class DecodeBatch:
     """The rows decoding together, in preallocated per-layer buffers ``[row, head, column, dim]``.
 
     Rows ``0..len-1`` are in use; every row's real tokens end at column ``end`` (right-aligned)
-    and row ``i`` holds ``lengths[i]`` of them; columns ``start..end`` are active, the rest of a
-    row's active columns is padding, masked out. A step writes one column in place; a joining
-    row is copied into the next free row, and a leaving row is copied out and the last row moved
-    into its place, so join and leave cost one row, not the batch. Buffers grow by doubling.
+    and row ``i`` holds the last ``lengths[i]`` of the active columns ``start..end``, so its
+    attention mask follows from its length. A step writes one column in place; a joining row is
+    copied into the next free row, and a leaving row is copied out and the last row moved into
+    its place, so join and leave cost one row, not the batch. Buffers grow by doubling.
+
+    A batch of one row decodes on that session's own cache, as the unbatched engine does: a
+    lone request pays nothing for batching. It moves into the buffers when a second row joins.
     """
 
     def __init__(self, model: Any, cache_kwarg: str = "past_key_values"):
@@ -139,9 +143,9 @@ class DecodeBatch:
         self.lengths: list[int] = []
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.mask: torch.Tensor | None = None  # [row capacity, column capacity], 1 on real tokens
         self.start = self.end = 0
-        self.cache: DynamicCache | None = None
+        self.cache: DynamicCache | None = None  # what the model sees
+        self.solo: DynamicCache | None = None  # the one row's own cache, while it is alone
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -149,44 +153,40 @@ class DecodeBatch:
     def __contains__(self, key: object) -> bool:
         return key in self.rows
 
-    @property
-    def padded_tokens(self) -> int:
-        """KV positions in use, padding included (what bounds the batch's memory)."""
-        return len(self.rows) * (self.end - self.start)
-
     @torch.inference_mode()
     def join(self, entries: Sequence[tuple[Hashable, DynamicCache]]) -> None:
-        """Add rows, each with its session's batch-1 cache (copied in)."""
-        for key, cache in entries:
-            row = _kv(cache)
-            if row is None:
+        """Add rows, each with its session's batch-1 cache (copied in, unless it is alone)."""
+        if not entries:
+            return
+        if not self.rows and len(entries) == 1:
+            key, cache = entries[0]
+            if cache.get_seq_length() == 0:
                 raise ValueError("a row joining the decode batch needs a prefilled cache")
-            length = row[0][0].shape[2]
-            self._reserve(len(self.rows) + 1, max(length, self.end - self.start), row)
-            if self.end - length < self.start:  # the window widens: the new columns are padding
-                assert self.mask is not None
-                self.mask[: len(self.rows), self.end - length : self.start] = 0
-                self.start = self.end - length
-            i = len(self.rows)
-            for layer, (k, v) in enumerate(row):
-                self.keys[layer][i, :, self.end - length : self.end] = k[0]
-                self.values[layer][i, :, self.end - length : self.end] = v[0]
-            assert self.mask is not None
-            self.mask[i, self.start : self.end] = 0
-            self.mask[i, self.end - length : self.end] = 1
-            self.rows.append(key)
-            self.lengths.append(length)
+            self.rows, self.lengths, self.solo = [key], [cache.get_seq_length()], cache
+            return
+        if self.solo is not None:  # a second row: the first one moves into the buffers
+            (key,), solo = self.rows, self.solo
+            self.rows, self.lengths, self.solo = [], [], None
+            self._copy_in(key, solo)
+        for key, cache in entries:
+            self._copy_in(key, cache)
         self._refresh()
 
     @torch.inference_mode()
     def leave(self, keys: Sequence[Hashable]) -> dict[Hashable, DynamicCache]:
         """Remove rows; each comes back as a batch-1 cache of exactly its real tokens."""
-        out: dict[Hashable, DynamicCache] = {}
+        if self.solo is not None:
+            assert list(keys) == self.rows
+            out: dict[Hashable, DynamicCache] = {self.rows[0]: self.solo}
+            self.rows, self.lengths, self.solo = [], [], None
+            return out
+        out = {}
         for key in keys:
-            i, n = self.rows.index(key), self.lengths[self.rows.index(key)]
+            i = self.rows.index(key)
+            first = self.end - self.lengths[i]
             out[key] = cache_from(
                 [
-                    (k[i : i + 1, :, self.end - n : self.end].clone(), v[i : i + 1, :, self.end - n : self.end].clone())
+                    (k[i : i + 1, :, first : self.end].clone(), v[i : i + 1, :, first : self.end].clone())
                     for k, v in zip(self.keys, self.values, strict=True)
                 ]
             )
@@ -195,8 +195,6 @@ class DecodeBatch:
                 for k, v in zip(self.keys, self.values, strict=True):
                     k[i, :, self.start : self.end] = k[last, :, self.start : self.end]
                     v[i, :, self.start : self.end] = v[last, :, self.start : self.end]
-                assert self.mask is not None
-                self.mask[i, self.start : self.end] = self.mask[last, self.start : self.end]
                 self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
             self.rows.pop()
             self.lengths.pop()
@@ -213,37 +211,56 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Forward one token per row (in row order); returns the next-token logits ``[rows, vocab]``."""
-        assert self.cache is not None and self.mask is not None and len(tokens) == len(self.rows)
-        self._reserve(len(self.rows), self.end - self.start)
-        self._refresh()
-        rows, device = len(self.rows), self.mask.device
-        self.mask[:rows, self.end] = 1
+        assert len(tokens) == len(self.rows) > 0
+        device = _device(self.solo if self.solo is not None else self.cache)
+        inputs = torch.tensor(tokens, device=device).view(-1, 1)
+        if self.solo is not None:
+            out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.solo})
+            self.lengths[0] += 1
+            return out.logits[:, -1]
+        if self._reserve(len(self.rows), self.end - self.start):
+            self._refresh()
         kwargs: dict[str, Any] = {}
         if min(self.lengths) < self.end - self.start:  # some row is padded
-            kwargs["attention_mask"] = self.mask[:rows, self.start : self.end + 1]
+            kwargs["attention_mask"] = _mask([n + 1 for n in self.lengths], self.end - self.start + 1, device)
             kwargs["position_ids"] = torch.tensor(self.lengths, device=device).view(-1, 1)
-        inputs = torch.tensor(tokens, device=device).view(-1, 1)
         out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache}, **kwargs)
-        self.end += 1
+        self.end += 1  # the layers' views already cover the new column (``_BufferLayer.update``)
         self.lengths = [n + 1 for n in self.lengths]
-        self._refresh()
         return out.logits[:, -1]
 
     def clear(self) -> None:
         """Drop every row and free the buffers."""
         self.rows, self.lengths = [], []
-        self.keys, self.values, self.mask, self.cache = [], [], None, None
+        self.keys, self.values, self.cache, self.solo = [], [], None, None
         self.start = self.end = 0
 
-    def _reserve(self, rows: int, width: int, like: KV | None = None) -> None:
-        """Room for ``rows`` rows, ``width`` active columns and one more column after them."""
+    def _copy_in(self, key: Hashable, cache: DynamicCache) -> None:
+        row = _kv(cache)
+        if row is None:
+            raise ValueError("a row joining the decode batch needs a prefilled cache")
+        length = row[0][0].shape[2]
+        self._reserve(len(self.rows) + 1, max(length, self.end - self.start), row)
+        self.start = min(self.start, self.end - length)
+        i = len(self.rows)
+        for layer, (k, v) in enumerate(row):
+            self.keys[layer][i, :, self.end - length : self.end] = k[0]
+            self.values[layer][i, :, self.end - length : self.end] = v[0]
+        self.rows.append(key)
+        self.lengths.append(length)
+
+    def _reserve(self, rows: int, width: int, like: KV | None = None) -> bool:
+        """Room for ``rows`` rows, ``width`` active columns and one more column after them;
+        True when the buffers were reallocated."""
         have_rows = self.keys[0].shape[0] if self.keys else 0
         columns = self.keys[0].shape[2] if self.keys else 0
         if rows <= have_rows and self.end - width >= 0 and self.end + 1 <= columns:
-            return
+            return False
         new_rows = max(rows, 2 * have_rows, 4)
-        new_columns = max(4 * (width + 1), 64)
-        new_end = new_columns // 2  # the window ends mid-buffer: room for longer rows and for steps
+        new_columns = max(6 * (width + 1), 96)
+        # The window ends a third of the way in: room for longer rows to join on the left, and
+        # for twice as many steps as it is wide on the right before the next move.
+        new_end = new_columns // 3
         used = self.end - self.start
         if self.keys:
             self.keys = [_moved(k, new_rows, new_columns, self.start, self.end, new_end) for k in self.keys]
@@ -252,15 +269,12 @@ class DecodeBatch:
             assert like is not None
             self.keys = [k.new_zeros((new_rows, k.shape[1], new_columns, k.shape[3])) for k, _ in like]
             self.values = [v.new_zeros((new_rows, v.shape[1], new_columns, v.shape[3])) for _, v in like]
-        mask = torch.zeros((new_rows, new_columns), dtype=torch.long, device=self.keys[0].device)
-        if self.mask is not None:
-            mask[: len(self.rows), new_end - used : new_end] = self.mask[: len(self.rows), self.start : self.end]
-        self.mask = mask
         self.start, self.end = new_end - used, new_end
+        return True
 
     def _refresh(self) -> None:
         """Point the cache the model sees at the active rows and columns."""
-        if self.cache is None:
+        if self.cache is None or len(self.cache.layers) != len(self.keys):
             self.cache = DynamicCache()
             self.cache.layers = [_BufferLayer(self, i) for i in range(len(self.keys))]
         for layer in self.cache.layers:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import inspect
 import logging
 import os
@@ -66,8 +65,8 @@ class HFEngine:
 
     Implements :class:`~glimp_ray.engine.base.StepClient`. ``max_sessions`` and
     ``max_cached_tokens`` bound the KV memory (LRU eviction); ``max_running`` bounds how
-    many requests decode at once (the batch size), and ``max_batch_tokens`` the KV positions
-    of the decode batch, padding included (admission waits while it is full). ``batching``
+    many requests decode at once (the batch size), and ``max_batch_tokens`` the decode batch's
+    KV positions, padding included (running requests x the longest; admission waits above it). ``batching``
     off runs one sequence per forward (the reference path, and the fallback for caches that
     cannot be batched).
     """
@@ -222,8 +221,11 @@ class HFEngine:
 
     def run_once(self) -> None:
         """Admit and prefill waiting requests, then decode one token for each running one."""
-        admitted = self.scheduler.admit(self._is_busy, self._has_room)
-        prepared = [seq for seq in admitted if self._guarded(seq, self._prepare)]
+        prepared = []
+        # One at a time: each admission sees the context of those admitted before it.
+        while admitted := self.scheduler.admit(self._is_busy, self._has_room, limit=1):
+            if self._guarded(admitted[0], self._prepare):
+                prepared.append(admitted[0])
         # A session continuing where it stopped has one new token (its last one, never
         # forwarded): it joins the decode forward instead of a prefill of its own.
         joining = [seq for seq in prepared if self.batching and self._prefills_by_decode(seq)]
@@ -254,7 +256,11 @@ class HFEngine:
         return len(seq.state["prefill"]) == 1 and session.kv_len > 0 and session.cache is not None
 
     def _has_room(self) -> bool:
-        return self.batch.padded_tokens < self.max_batch_tokens
+        """Whether the running requests, padded to the longest, hold fewer than
+        ``max_batch_tokens`` KV positions (what the decode batch will)."""
+        running = self.scheduler.running
+        longest = max((seq.context_tokens + len(seq.generated) for seq in running), default=0)
+        return len(running) * longest < self.max_batch_tokens
 
     def _guarded(self, seq: Sequence, work: Any) -> bool:
         """Run ``work(seq)``; an error fails that request alone. True when it returned true."""
@@ -367,8 +373,11 @@ class HFEngine:
             return []
         going = []
         for seq, token in zip(decoding, tokens, strict=True):
-            if self._guarded(seq, functools.partial(self._take, token=token)):
-                going.append(seq)
+            try:
+                if self._take(seq, token):
+                    going.append(seq)
+            except Exception as exc:  # one bad request must not stop the others
+                self._fail(seq, exc)
         return going
 
     def _take(self, seq: Sequence, token: int) -> bool:

@@ -55,13 +55,15 @@ def sample_tokens(
     for i, (params, _, _) in enumerate(rows):
         groups.setdefault((params.temperature, params.top_p), []).append(i)
     for (temperature, _), members in groups.items():
-        index = torch.tensor(members, device=logits.device)
+        chosen = (
+            logits if len(members) == len(rows) else logits.index_select(0, torch.tensor(members, device=logits.device))
+        )
         if temperature == 0:
-            for i, token in zip(members, logits.index_select(0, index).argmax(dim=-1).tolist(), strict=True):
+            for i, token in zip(members, chosen.argmax(dim=-1).tolist(), strict=True):
                 tokens[i] = int(token)
             continue
         processors = rows[members[0]][1]
-        scores = processors(torch.zeros((len(members), 0), dtype=torch.long), logits.index_select(0, index).float())  # type: ignore[arg-type]
+        scores = processors(torch.zeros((len(members), 0), dtype=torch.long), chosen.float())  # type: ignore[arg-type]
         probs = torch.softmax(scores, dim=-1)
         for row, i in enumerate(members):
             tokens[i] = int(torch.multinomial(probs[row], 1, generator=rows[i][2]))

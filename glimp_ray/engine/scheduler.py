@@ -59,11 +59,18 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def admit(self, is_busy: Callable[[str], bool], has_room: Callable[[], bool] = lambda: True) -> list[Sequence]:
-        """Move waiting requests to running, oldest first, skipping busy sessions."""
+    def admit(
+        self, is_busy: Callable[[str], bool], has_room: Callable[[], bool] = lambda: True, limit: int | None = None
+    ) -> list[Sequence]:
+        """Move waiting requests to running (at most ``limit``), oldest first, skipping busy sessions."""
         admitted: list[Sequence] = []
         deferred: deque[Sequence] = deque()
-        while self.waiting and len(self.running) < self.max_running and (not self.running or has_room()):
+        while (
+            self.waiting
+            and len(self.running) < self.max_running
+            and (not self.running or has_room())
+            and (limit is None or len(admitted) < limit)
+        ):
             seq = self.waiting.popleft()
             if seq.aborted:
                 continue
