@@ -130,7 +130,9 @@ class DecodeBatch:
     and row ``i`` holds the last ``lengths[i]`` of the active columns ``start..end``, so its
     attention mask follows from its length. A step writes one column in place; a joining row is
     copied into the next free row, and a leaving row is copied out and the last row moved into
-    its place, so join and leave cost one row, not the batch. Buffers grow by doubling.
+    its place, so join and leave cost one row, not the batch. Rows grow by doubling; the window
+    is moved to the buffer's start with as many free columns after it as it is wide, and
+    buffers much bigger than what is in use are reallocated smaller when rows leave.
 
     A batch of one row decodes on that session's own cache, as the unbatched engine does: a
     lone request pays nothing for batching. It moves into the buffers when a second row joins.
@@ -176,7 +178,8 @@ class DecodeBatch:
     def leave(self, keys: Sequence[Hashable]) -> dict[Hashable, DynamicCache]:
         """Remove rows; each comes back as a batch-1 cache of exactly its real tokens."""
         if self.solo is not None:
-            assert list(keys) == self.rows
+            if list(keys) != self.rows:
+                raise KeyError(f"{list(keys)} are not the batch's row")
             out: dict[Hashable, DynamicCache] = {self.rows[0]: self.solo}
             self.rows, self.lengths, self.solo = [], [], None
             return out
@@ -205,6 +208,7 @@ class DecodeBatch:
             self.start = self.end
             return out
         self.start = self.end - max(self.lengths)  # columns that are padding in every row go
+        self._shrink()
         self._refresh()
         return out
 
@@ -256,21 +260,28 @@ class DecodeBatch:
         columns = self.keys[0].shape[2] if self.keys else 0
         if rows <= have_rows and self.end - width >= 0 and self.end + 1 <= columns:
             return False
-        new_rows = max(rows, 2 * have_rows, 4)
-        new_columns = max(6 * (width + 1), 96)
-        # The window ends a third of the way in: room for longer rows to join on the left, and
-        # for twice as many steps as it is wide on the right before the next move.
-        new_end = new_columns // 3
+        self._relayout(have_rows if rows <= have_rows else max(rows, 2 * have_rows, 4), width, like)
+        return True
+
+    def _relayout(self, rows: int, width: int, like: KV | None = None) -> None:
+        """New buffers of ``rows`` rows: the window starts at column 0 with as many free columns
+        after it as it is wide (at least 64), so moving it costs O(1) a step amortised."""
+        columns = 2 * width + 64
         used = self.end - self.start
         if self.keys:
-            self.keys = [_moved(k, new_rows, new_columns, self.start, self.end, new_end) for k in self.keys]
-            self.values = [_moved(v, new_rows, new_columns, self.start, self.end, new_end) for v in self.values]
+            self.keys = [_moved(k, rows, columns, self.start, self.end, width) for k in self.keys]
+            self.values = [_moved(v, rows, columns, self.start, self.end, width) for v in self.values]
         else:
             assert like is not None
-            self.keys = [k.new_zeros((new_rows, k.shape[1], new_columns, k.shape[3])) for k, _ in like]
-            self.values = [v.new_zeros((new_rows, v.shape[1], new_columns, v.shape[3])) for _, v in like]
-        self.start, self.end = new_end - used, new_end
-        return True
+            self.keys = [k.new_zeros((rows, k.shape[1], columns, k.shape[3])) for k, _ in like]
+            self.values = [v.new_zeros((rows, v.shape[1], columns, v.shape[3])) for _, v in like]
+        self.start, self.end = width - used, width
+
+    def _shrink(self) -> None:
+        """After rows left: buffers much bigger than what is in use are reallocated smaller."""
+        rows, columns, width = self.keys[0].shape[0], self.keys[0].shape[2], self.end - self.start
+        if rows > max(8, 4 * len(self.rows)) or columns > 4 * (width + 64):
+            self._relayout(max(2 * len(self.rows), 4), width)
 
     def _refresh(self) -> None:
         """Point the cache the model sees at the active rows and columns."""
@@ -284,7 +295,8 @@ class DecodeBatch:
 def _moved(buffer: torch.Tensor, rows: int, columns: int, start: int, end: int, new_end: int) -> torch.Tensor:
     """A bigger buffer holding ``buffer``'s active window, now ending at ``new_end``."""
     moved = buffer.new_zeros((rows, buffer.shape[1], columns, buffer.shape[3]))
-    moved[: buffer.shape[0], :, new_end - (end - start) : new_end] = buffer[:, :, start:end]
+    keep = min(rows, buffer.shape[0])
+    moved[:keep, :, new_end - (end - start) : new_end] = buffer[:keep, :, start:end]
     return moved
 
 

@@ -111,6 +111,7 @@ class HFEngine:
         self._stop_criteria: dict[tuple[str, ...], tuple[StopStringCriteria, list[bool]]] = {}
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
+        self._outstanding: set[Sequence] = set()  # submitted, not yet answered (``queued``)
         self._releases: set[str] = set()
         self._deferred_releases: set[str] = set()  # owned by the worker thread
         self._closed = False
@@ -149,6 +150,8 @@ class HFEngine:
         future: asyncio.Future[StepResult] = loop.create_future()
 
         def done(outcome: StepResult | BaseException) -> None:
+            with self._cv:
+                self._outstanding.discard(seq)
             # The caller's loop may be gone (e.g. asyncio.run timed out): nobody to tell.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
@@ -159,6 +162,8 @@ class HFEngine:
             return await future
         except asyncio.CancelledError:
             seq.aborted = True  # the step loop stops it at the next token
+            with self._cv:
+                self._outstanding.discard(seq)
             raise
 
     async def release(self, session_id: str) -> None:
@@ -168,8 +173,9 @@ class HFEngine:
 
     @property
     def queued(self) -> int:
-        """Requests submitted and not yet finished (waiting or running)."""
-        return len(self._inbox) + len(self.scheduler.waiting) + len(self.scheduler.running)
+        """Requests submitted and not yet answered (waiting or running)."""
+        with self._cv:
+            return len(self._outstanding)
 
     def close(self) -> None:
         """Stop the worker thread; requests still queued are failed."""
@@ -184,6 +190,7 @@ class HFEngine:
             if self._closed:
                 raise EngineError("engine is closed")
             self._inbox.append(seq)
+            self._outstanding.add(seq)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=f"engine-{self.name}", daemon=True)
                 self._thread.start()
@@ -211,6 +218,7 @@ class HFEngine:
                 self.run_once()
             except Exception:  # a bug must fail requests, not silently stop the worker
                 logger.exception("engine step loop failed; failing its running requests")
+                self._reset_batch()
                 for seq in list(self.scheduler.running):
                     self._fail(seq, EngineError("engine step loop failed"))
             self.busy_s += time.perf_counter() - start
@@ -226,16 +234,20 @@ class HFEngine:
         while admitted := self.scheduler.admit(self._is_busy, self._has_room, limit=1):
             if self._guarded(admitted[0], self._prepare):
                 prepared.append(admitted[0])
+        # Cancelled requests stop here, before any forward (a cancel can come at any time;
+        # one that comes later is seen at the next turn).
+        for seq in list(self.scheduler.running):
+            if seq.aborted:
+                self._guarded(seq, lambda s: self._finish(s, "length", cancelled=True))
+        prepared = [seq for seq in prepared if seq in self.scheduler.running]
         # A session continuing where it stopped has one new token (its last one, never
         # forwarded): it joins the decode forward instead of a prefill of its own.
         joining = [seq for seq in prepared if self.batching and self._prefills_by_decode(seq)]
         prefilling = [seq for seq in prepared if seq not in joining]
         self._forward_prefills(prefilling)
         for seq in prefilling:
-            self._guarded(seq, self._glimpse)
-        for seq in list(self.scheduler.running):
-            if seq.aborted:
-                self._guarded(seq, lambda s: self._finish(s, "length", cancelled=True))
+            if seq in self.scheduler.running:
+                self._guarded(seq, self._glimpse)
         stepping = self._advance([seq for seq in self.scheduler.running if seq not in joining])
         for seq in stepping:
             seq.state["feed"] = seq.generated[-1]
@@ -244,7 +256,8 @@ class HFEngine:
         self._flush_leaves()
         self._forward_decodes(stepping + joining)
         for seq in joining:
-            self._guarded(seq, self._glimpse)
+            if seq in self.scheduler.running:
+                self._guarded(seq, self._glimpse)
         self._flush_leaves()  # a request can end at its glimpse: its session is free at once
 
     def _is_busy(self, session_id: str) -> bool:
@@ -255,12 +268,24 @@ class HFEngine:
         session = seq.session
         return len(seq.state["prefill"]) == 1 and session.kv_len > 0 and session.cache is not None
 
-    def _has_room(self) -> bool:
-        """Whether the running requests, padded to the longest, hold fewer than
-        ``max_batch_tokens`` KV positions (what the decode batch will)."""
+    def _has_room(self, candidate: Sequence) -> bool:
+        """Whether the running requests and ``candidate``, padded to the longest, stay within
+        ``max_batch_tokens`` KV positions (what the decode batch will hold)."""
         running = self.scheduler.running
         longest = max((seq.context_tokens + len(seq.generated) for seq in running), default=0)
-        return len(running) * longest < self.max_batch_tokens
+        longest = max(longest, self._context_estimate(candidate))
+        return (len(running) + 1) * longest <= self.max_batch_tokens
+
+    def _context_estimate(self, seq: Sequence) -> int:
+        """An upper bound on the tokens a request brings, before it is tokenized: at most one
+        per character of its text, and at most its session's tokens plus the transcript."""
+        request = seq.request
+        chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
+        estimate = chars + len(request.transcript)
+        session = self.sessions.peek(request.session_id)
+        if session is not None and session.tokens:
+            estimate = min(estimate, len(session.tokens) + len(request.transcript))
+        return estimate
 
     def _guarded(self, seq: Sequence, work: Any) -> bool:
         """Run ``work(seq)``; an error fails that request alone. True when it returned true."""
@@ -288,6 +313,8 @@ class HFEngine:
         start = time.perf_counter()
         session = seq.session = self.sessions.get(request.session_id)
         session.busy = True
+        if session.cache is None:
+            session.kv_len = 0  # its cache was lost (a failed batch): prefill it afresh
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
         kept = session.match(text)
         new_text = text[len(session.text) :]
@@ -312,26 +339,46 @@ class HFEngine:
         return True
 
     def _forward_prefills(self, seqs: list[Sequence]) -> None:
-        if not seqs:
-            return
-        if not self.batching or len(seqs) == 1:
+        """Prefill in forwards of several requests, each within ``max_batch_tokens`` padded
+        positions; a forward that fails is retried one request at a time."""
+        if not self.batching:
             for seq in seqs:
-                self._guarded(seq, lambda s: setattr(s, "logits", self._forward(s.session, s.state["prefill"])))
+                self._prefill_alone(seq)
             return
-        try:
-            caches, logits = prefill(
-                self.model, self._cache_kwarg, [(s.session.cache, s.state["prefill"]) for s in seqs]
-            )
-        except Exception as exc:  # the batch failed: so did each of its requests
-            logger.exception("batched prefill failed")
-            for seq in seqs:
-                self._fail(seq, exc)
-            return
-        for seq, cache, row in zip(seqs, caches, logits, strict=True):
-            seq.session.cache = cache
-            seq.session.kv_len += len(seq.state["prefill"])
-            self.forwarded_tokens += len(seq.state["prefill"])
-            seq.logits = row
+        for group in self._prefill_groups(seqs):
+            if len(group) == 1:
+                self._prefill_alone(group[0])
+                continue
+            try:
+                entries = [(seq.session.cache, seq.state["prefill"]) for seq in group]
+                caches, logits = prefill(self.model, self._cache_kwarg, entries)
+            except Exception:
+                logger.exception("batched prefill of %d requests failed; prefilling them one by one", len(group))
+                for seq in group:
+                    self._prefill_alone(seq)
+                continue
+            for seq, cache, row in zip(group, caches, logits, strict=True):
+                seq.session.cache = cache
+                seq.session.kv_len += len(seq.state["prefill"])
+                self.forwarded_tokens += len(seq.state["prefill"])
+                seq.logits = row
+
+    def _prefill_groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """Requests of similar length together, each group padded within ``max_batch_tokens``."""
+        groups: list[list[Sequence]] = []
+        widest = longest = 0
+        for seq in sorted(seqs, key=lambda s: (s.session.kv_len, len(s.state["prefill"]))):
+            cached, new = seq.session.kv_len, len(seq.state["prefill"])
+            size = (len(groups[-1]) + 1) * (max(widest, cached) + max(longest, new)) if groups else 0
+            if not groups or size > self.max_batch_tokens:
+                groups.append([])
+                widest = longest = 0
+            groups[-1].append(seq)
+            widest, longest = max(widest, cached), max(longest, new)
+        return groups
+
+    def _prefill_alone(self, seq: Sequence) -> None:
+        self._guarded(seq, lambda s: setattr(s, "logits", self._forward(s.session, s.state["prefill"])))
 
     def _glimpse(self, seq: Sequence) -> None:
         """After the prefill: the glimpse (and routing), or the set-up for decoding."""
@@ -363,14 +410,21 @@ class HFEngine:
         decoding = [seq for seq in seqs if seq.state.get("decoding")]
         if not decoding:
             return []
+        rows = [(seq.state["sampling"], seq.state["processors"], seq.state["generator"]) for seq in decoding]
         try:
-            logits = torch.stack([seq.logits for seq in decoding])
-            rows = [(seq.state["sampling"], seq.state["processors"], seq.state["generator"]) for seq in decoding]
-            tokens = sample_tokens(logits, rows)
-        except Exception as exc:
-            for seq in decoding:
-                self._fail(seq, exc)
-            return []
+            tokens = sample_tokens(torch.stack([seq.logits for seq in decoding]), rows)
+        except Exception:  # find the request at fault: sample each alone
+            tokens = []
+            for seq, row in zip(decoding, rows, strict=True):
+                try:
+                    tokens.append(sample_tokens(seq.logits.unsqueeze(0), [row])[0])
+                except Exception as exc:
+                    self._fail(seq, exc)
+                    tokens.append(-1)
+            decoding, tokens = (
+                [s for s, t in zip(decoding, tokens, strict=True) if t >= 0],
+                [t for t in tokens if t >= 0],
+            )
         going = []
         for seq, token in zip(decoding, tokens, strict=True):
             try:
@@ -417,14 +471,15 @@ class HFEngine:
             self.batch.join([(seq, seq.session.cache) for seq in joining])
             for seq in joining:
                 seq.session.cache = None  # the batch holds it until the request leaves
-            assert len(self.batch) == len(seqs), "every row of the decode batch decodes"
+            if len(self.batch) != len(seqs):
+                raise EngineError(f"decode batch has {len(self.batch)} rows for {len(seqs)} decoding requests")
             rows: list[Sequence] = list(self.batch.rows)  # type: ignore[arg-type]
             logits = self.batch.step([seq.state["feed"] for seq in rows])
         except Exception as exc:
             logger.exception("batched decode failed; failing its requests")
+            self._reset_batch()
             for seq in seqs:
                 self._fail(seq, exc)
-            self.batch = DecodeBatch(self.model, self._cache_kwarg)
             return
         self.forwarded_tokens += len(rows)
         for seq, row in zip(rows, logits, strict=True):
@@ -435,9 +490,29 @@ class HFEngine:
         """Finished rows leave the decode batch together; their sessions get their caches back."""
         leaving = [seq for seq in self._leaving if seq in self.batch]
         self._leaving = []
-        if leaving:
-            for seq, cache in self.batch.leave(leaving).items():
-                seq.session.cache = cache  # type: ignore[attr-defined]
+        if not leaving:
+            return
+        try:
+            caches = self.batch.leave(leaving)
+        except Exception:
+            # The batch is in an unknown state: its rows' caches are gone (their sessions
+            # prefill afresh) and the requests still in it fail.
+            logger.exception("leaving the decode batch failed")
+            for seq in self._reset_batch():
+                if seq in self.scheduler.running:
+                    self._fail(seq, EngineError("decode batch failed"))
+            return
+        for row, cache in caches.items():
+            row.session.cache = cache  # type: ignore[attr-defined]
+
+    def _reset_batch(self) -> list[Sequence]:
+        """Drop the decode batch; returns the requests that had a row in it."""
+        rows: list[Sequence] = list(self.batch.rows)  # type: ignore[arg-type]
+        self.batch = DecodeBatch(self.model, self._cache_kwarg)
+        self._leaving = []
+        for seq in rows:
+            seq.session.cache = None  # the next request of the session prefills from scratch
+        return rows
 
     def _criteria(self, stops: tuple[str, ...]) -> tuple[StopStringCriteria, list[bool]]:
         """transformers' stop-string criteria for these stops, and which token ids can end a
@@ -515,8 +590,13 @@ class HFEngine:
             self.sessions.release(session.session_id)
             self._deferred_releases.discard(session.session_id)
         if seq in self.batch:
-            with contextlib.suppress(Exception):
+            try:
                 self.batch.leave([seq])  # its cache is dropped with the session
+            except Exception:
+                logger.exception("leaving the decode batch failed")
+                for other in self._reset_batch():
+                    if other is not seq and other in self.scheduler.running:
+                        self._fail(other, EngineError("decode batch failed"))
         if seq in self.scheduler.running:
             self.scheduler.finish(seq)
         with contextlib.suppress(Exception):

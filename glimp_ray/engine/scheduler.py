@@ -60,7 +60,10 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def admit(
-        self, is_busy: Callable[[str], bool], has_room: Callable[[], bool] = lambda: True, limit: int | None = None
+        self,
+        is_busy: Callable[[str], bool],
+        has_room: Callable[[Sequence], bool] = lambda seq: True,
+        limit: int | None = None,
     ) -> list[Sequence]:
         """Move waiting requests to running (at most ``limit``), oldest first, skipping busy sessions."""
         admitted: list[Sequence] = []
@@ -68,7 +71,7 @@ class Scheduler:
         while (
             self.waiting
             and len(self.running) < self.max_running
-            and (not self.running or has_room())
+            and (not self.running or has_room(self.waiting[0]))
             and (limit is None or len(admitted) < limit)
         ):
             seq = self.waiting.popleft()

@@ -245,3 +245,100 @@ def test_only_full_attention_caches_are_batched() -> None:
 
     assert not batchable(model(use_sliding_window=True, sliding_window=8, max_window_layers=0))
     assert batchable(model())
+
+
+def drive(engine: Any, requests: dict[str, StepRequest], out: dict[str, Any]) -> dict[str, Any]:
+    """Queue requests on the engine's scheduler directly; results land in ``out``."""
+    from glimp_ray.engine.scheduler import Sequence
+
+    seqs = {}
+    for name, request in requests.items():
+        seqs[name] = Sequence(request, lambda r, n=name: out.__setitem__(n, r))
+        engine.scheduler.add(seqs[name])
+    return seqs
+
+
+def drain(engine: Any) -> None:
+    for _ in range(500):
+        if not engine.scheduler.has_work:
+            return
+        engine.run_once()
+
+
+def test_a_request_cancelled_during_a_prefill_never_leaves_an_orphan_row(make_engine: Any) -> None:
+    engine = make_engine("large")
+    out: dict[str, Any] = {}
+    drive(engine, {"A": StepRequest("s", prompt="hello there", generate=GenerateSpec(3, (), GREEDY))}, out)
+    drain(engine)
+    drive(
+        engine,
+        {f"O{i}": StepRequest(f"o{i}", prompt=f"other {i}", generate=GenerateSpec(30, (), GREEDY)) for i in range(2)},
+        out,
+    )
+    engine.run_once()
+    engine.run_once()
+    # B continues session s by one token (it rides the decode forward); C needs a prefill.
+    continuing = StepRequest("s", prompt="hello there", transcript=out["A"].text, generate=GenerateSpec(30, (), GREEDY))
+    seqs = drive(
+        engine,
+        {"B": continuing, "C": StepRequest("c", prompt="a long prompt " * 5, generate=GenerateSpec(5, (), GREEDY))},
+        out,
+    )
+    prefills = engine._forward_prefills
+
+    def cancel_meanwhile(group: Any) -> None:
+        seqs["B"].aborted = True  # the caller goes away while C is prefilled
+        prefills(group)
+
+    engine._forward_prefills = cancel_meanwhile
+    engine.run_once()
+    engine._forward_prefills = prefills
+    drain(engine)
+    assert isinstance(out["B"], asyncio.CancelledError)
+    assert all(isinstance(out[k], StepResult) for k in ("O0", "O1", "C"))
+    assert [out[f"O{i}"].generated_tokens for i in range(2)] == [30, 30]
+    assert len(engine.batch) == 0 and engine.scheduler.running == []
+
+
+def test_a_failed_leave_loses_only_caches_never_tokens(make_engine: Any) -> None:
+    engine = make_engine("large")
+    out: dict[str, Any] = {}
+    leave = engine.batch.leave
+    calls = {"n": 0}
+
+    def flaky(keys: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return leave(keys)
+
+    engine.batch.leave = flaky
+    drive(engine, {"O": StepRequest("o", prompt="other", generate=GenerateSpec(40, (), GREEDY))}, out)
+    drive(engine, {"A": StepRequest("s", prompt="hello there", generate=GenerateSpec(4, (), GREEDY))}, out)
+    drain(engine)
+    assert isinstance(out["A"], StepResult)  # A had finished; O was in the batch when it broke
+    then = StepRequest(
+        "s", prompt="hello there", transcript=out["A"].text + " and more", generate=GenerateSpec(8, (), GREEDY)
+    )
+    drive(engine, {"B": then}, out)
+    drain(engine)
+    reference = asyncio.run(make_engine("large", batching=False).step(then))
+    assert out["B"].token_ids == reference.token_ids  # the lost cache was prefilled again
+
+
+def test_decode_buffers_stay_near_what_the_rows_use(make_engine: Any) -> None:
+    model = make_engine("small").model
+    batch = DecodeBatch(model, "cache")
+    batch.join([("a", reference(model, [5, 6, 7])[0]), ("b", reference(model, [8, 9])[0])])
+    for _ in range(1500):
+        batch.step([10, 11])
+        rows, columns = batch.keys[0].shape[0], batch.keys[0].shape[2]
+        assert rows <= 4 and columns <= 2 * (batch.end - batch.start) + 64 + 1
+    short = DecodeBatch(model, "cache")
+    short.join([("a", reference(model, [5, 6, 7])[0]), ("b", reference(model, [8, 9])[0])])
+    short.step([10, 11])
+    short.join([("long", reference(model, list(range(3, 60)) * 8)[0])])  # a long row joins...
+    wide = short.keys[0].shape[2]
+    assert wide >= 456
+    short.leave(["long"])  # ... and leaves: the buffers shrink back
+    assert short.keys[0].shape[2] <= 2 * (short.end - short.start) + 64 < wide
