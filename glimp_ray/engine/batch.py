@@ -130,9 +130,9 @@ class DecodeBatch:
     and row ``i`` holds the last ``lengths[i]`` of the active columns ``start..end``, so its
     attention mask follows from its length. A step writes one column in place; a joining row is
     copied into the next free row, and a leaving row is copied out and the last row moved into
-    its place, so join and leave cost one row, not the batch. Rows grow by doubling; the window
-    is moved to the buffer's start with as many free columns after it as it is wide, and
-    buffers much bigger than what is in use are reallocated smaller when rows leave.
+    its place, so join and leave cost one row, not the batch. Rows grow by doubling; when the
+    window needs room it is moved into new buffers about 2.5 times as wide as it is, and buffers
+    much bigger than what is in use are reallocated smaller when rows leave.
 
     A batch of one row decodes on that session's own cache, as the unbatched engine does: a
     lone request pays nothing for batching. It moves into the buffers when a second row joins.
@@ -264,23 +264,25 @@ class DecodeBatch:
         return True
 
     def _relayout(self, rows: int, width: int, like: KV | None = None) -> None:
-        """New buffers of ``rows`` rows: the window starts at column 0 with as many free columns
-        after it as it is wide (at least 64), so moving it costs O(1) a step amortised."""
-        columns = 2 * width + 64
+        """New buffers of ``rows`` rows for a window ``width`` wide, with room on its left for
+        rows half as long again to join (at least 32 columns), and as many free columns after it
+        as it is wide (at least 64): moving it costs O(1) a step, amortised."""
+        end = width + width // 2 + 32
+        columns = end + width + 64
         used = self.end - self.start
         if self.keys:
-            self.keys = [_moved(k, rows, columns, self.start, self.end, width) for k in self.keys]
-            self.values = [_moved(v, rows, columns, self.start, self.end, width) for v in self.values]
+            self.keys = [_moved(k, rows, columns, self.start, self.end, end) for k in self.keys]
+            self.values = [_moved(v, rows, columns, self.start, self.end, end) for v in self.values]
         else:
             assert like is not None
             self.keys = [k.new_zeros((rows, k.shape[1], columns, k.shape[3])) for k, _ in like]
             self.values = [v.new_zeros((rows, v.shape[1], columns, v.shape[3])) for _, v in like]
-        self.start, self.end = width - used, width
+        self.start, self.end = end - used, end
 
     def _shrink(self) -> None:
         """After rows left: buffers much bigger than what is in use are reallocated smaller."""
         rows, columns, width = self.keys[0].shape[0], self.keys[0].shape[2], self.end - self.start
-        if rows > max(8, 4 * len(self.rows)) or columns > 4 * (width + 64):
+        if rows > max(8, 4 * len(self.rows)) or columns > 5 * (width + 64):
             self._relayout(max(2 * len(self.rows), 4), width)
 
     def _refresh(self) -> None:
