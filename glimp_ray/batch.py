@@ -41,6 +41,36 @@ def read_done_ids(output: Path) -> set[str]:
     return done
 
 
+ROW = "row"
+
+
+def _rows_as_json(batch: Any, id_column: str = "id", done: frozenset[str] | set[str] = frozenset()) -> Any:
+    """Input rows not already done, each as ``{"id": str, "row": json}`` (missing cells left out)."""
+    import pandas as pd
+
+    rows = [
+        {key: _plain(value) for key, value in record.items() if not _missing(value)}
+        for record in batch.to_dict("records")
+    ]
+    rows = [row for row in rows if str(row.get(id_column)) not in done]
+    return pd.DataFrame({"id": [str(row.get(id_column)) for row in rows], ROW: [json.dumps(row) for row in rows]})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays (what pandas hands over) as plain Python values."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def row_inputs(row: dict[str, Any], columns: BatchColumns, max_prompt_chars: int) -> dict[str, Any]:
     """``{"messages": ...}`` or ``{"prompt": ...}`` for the loop; ValueError says why a row is bad."""
     messages = row.get(columns.messages)
@@ -129,7 +159,7 @@ class CollabWorker:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
-        rows = batch.to_dict("records")
+        rows = [json.loads(r) for r in batch[ROW]]
         out = asyncio.run(self._run_all(rows))
         return pd.DataFrame({"record": [json.dumps(r) for r in out]})
 
@@ -290,8 +320,11 @@ def run_batch(
         raise ValueError(f"input must be .jsonl, .json or .parquet, got {input_path}")
     if columns.id not in dataset.columns():
         raise ValueError(f"input has no {columns.id!r} column (columns: {', '.join(dataset.columns())})")
-    if done:
-        dataset = dataset.filter(lambda row: str(row[columns.id]) not in done)
+    # Each row travels as one JSON string: a column whose type varies between rows (a bad row's
+    # number among prompts) cannot break Arrow when Ray Data re-splits the blocks.
+    dataset = dataset.map_batches(
+        _rows_as_json, fn_kwargs={"id_column": columns.id, "done": done}, batch_format="pandas", batch_size=None
+    )
     pools = None if serve_app else start_engine_actors(config, small_resources, large_resources)
     results = dataset.map_batches(
         CollabWorker,

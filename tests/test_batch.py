@@ -112,3 +112,26 @@ def test_a_killed_job_resumes_and_writes_every_id_once(
     run_batch(tiny_config(tiny_pair), str(source), str(out), batch_size=4, num_cpus=0.2, max_prompt_chars=200)
     all_ids = [r["id"] for r in written(out, "results")] + [e["id"] for e in written(out, "errors")]
     assert sorted(all_ids) == sorted(ids)  # every id exactly once
+
+
+def test_rows_travel_as_json_whatever_their_column_types() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from glimp_ray.batch import _rows_as_json
+
+    batch = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "prompt": ["hi", 7, float("nan"), None],
+            "messages": [None, None, np.array([{"role": "user", "content": "x"}]), None],
+        }
+    )
+    out = _rows_as_json(batch, "id", {"d"})
+    assert list(out["id"]) == ["a", "b", "c"]  # done ids are left out
+    rows = [json.loads(r) for r in out["row"]]
+    assert rows == [
+        {"id": "a", "prompt": "hi"},
+        {"id": "b", "prompt": 7},  # still a number: the worker reports it as a bad row
+        {"id": "c", "messages": [{"role": "user", "content": "x"}]},
+    ]
