@@ -7,15 +7,15 @@ large), it prints in one run:
 
 1. a single request's p50 latency with the batching engine and with the unbatched one
    (``batching: false``, one sequence per forward), alternating, and their ratio;
-2. total generated tokens/s with 16 requests in flight against one at a time (batching
-   engine), their ratio, and the decode batch sizes seen;
+2. total generated tokens/s with 16 requests in flight (the median of ``--repeats`` runs)
+   against one at a time (batching engine), their ratio, and the decode batch sizes seen;
 3. whether greedy outputs with 16 in flight are identical to the unbatched engine's.
 
 Then, for information, the whole pair in one process (both engines, τ 0.16) at 1 and 16: two
 engine threads in one process contend for the 2 cores, which a deployment (one replica per
 process) does not have.
 
-    python benchmarks/bench_batching.py [--requests 48] [--concurrency 16] [--single 16]
+    python benchmarks/bench_batching.py [--requests 64] [--repeats 3] [--concurrency 16] [--single 24]
 """
 
 from __future__ import annotations
@@ -105,23 +105,24 @@ def bench_replica(pool: str, model: ModelConfig, params: Any, prompts: list[Any]
     p50 = {name: statistics.median(values) for name, values in latency.items()}
     engine.batching = True
     sizes = count_batch_sizes(engine)
-    wall, done = run(collab, prompts, args.concurrency, policy=pool)
-    single_rate, rate = single_tokens / single_wall, tokens(done) / wall
-    forwards = sum(sizes.values())
+    rates = []
+    for _ in range(args.repeats):
+        wall, done = run(collab, prompts, args.concurrency, policy=pool)
+        rates.append(tokens(done) / wall)
+    single_rate, rate = single_tokens / single_wall, statistics.median(rates)
+    forwards = sum(sizes.values()) // args.repeats
+    mean_rows = sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1)
     print(f"[{pool} pool replica: {model.model.split('/')[-1]}]")
     print(
         f"  single request p50: batching {p50['batched'] * 1000:.1f} ms, unbatched {p50['plain'] * 1000:.1f} ms"
         f"  -> batching/unbatched = {p50['batched'] / p50['plain']:.3f} (goal <= 1.10)"
     )
     print(
-        f"  tokens/s: one at a time {single_rate:.1f}, {args.concurrency} in flight {rate:.1f} "
-        f"({len(prompts)} requests, {tokens(done)} tokens, {wall:.2f} s)"
+        f"  tokens/s: one at a time {single_rate:.1f}; {args.concurrency} in flight, {len(prompts)} requests "
+        f"({tokens(done)} tokens) x {args.repeats}: {', '.join(f'{r:.1f}' for r in rates)}, median {rate:.1f}"
         f"  -> {rate / single_rate:.2f}x (goal >= 4)"
     )
-    print(
-        f"  decode forwards: {forwards}, mean rows {sum(k * v for k, v in sizes.items()) / max(forwards, 1):.1f},"
-        f" max {max(sizes, default=0)}"
-    )
+    print(f"  decode forwards per run: {forwards}, mean rows {mean_rows:.1f}, max {max(sizes, default=0)}")
     collab.params = params.replace(temperature=0.0)
     _, together = run(collab, prompts[: args.concurrency], args.concurrency, policy=pool)
     engine.batching = False
@@ -150,9 +151,10 @@ def bench_pair(config: Any, params: Any, prompts: list[Any], args: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo-local.yaml")
-    parser.add_argument("--requests", type=int, default=48, help="requests in the concurrent run")
+    parser.add_argument("--requests", type=int, default=64, help="requests in each concurrent run")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--single", type=int, default=16, help="requests timed one at a time")
+    parser.add_argument("--single", type=int, default=24, help="requests timed one at a time, per engine mode")
+    parser.add_argument("--repeats", type=int, default=3, help="concurrent runs; their median counts")
     parser.add_argument("--skip-pair", action="store_true", help="only the per-replica figures")
     args = parser.parse_args()
     config = load_config(args.config)

@@ -37,6 +37,7 @@ from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
 _MAX_STOP_CRITERIA = 64
+_FEED_TOKENS = 4  # prefills this short ride the decode forwards (one token a turn)
 
 # Worker threads are stopped before interpreter shutdown tears down torch underneath them.
 _LIVE_ENGINES: weakref.WeakSet[HFEngine] = weakref.WeakSet()
@@ -240,23 +241,27 @@ class HFEngine:
             if seq.aborted:
                 self._guarded(seq, lambda s: self._finish(s, "length", cancelled=True))
         prepared = [seq for seq in prepared if seq in self.scheduler.running]
-        # A session continuing where it stopped has one new token (its last one, never
-        # forwarded): it joins the decode forward instead of a prefill of its own.
-        joining = [seq for seq in prepared if self.batching and self._prefills_by_decode(seq)]
-        prefilling = [seq for seq in prepared if seq not in joining]
+        # A session continuing where it stopped has a few new tokens (its last one, never
+        # forwarded, and maybe a marker): they ride the decode forwards, one a turn, instead
+        # of a prefill forward of their own.
+        for seq in prepared:
+            if self.batching and self._prefills_by_decode(seq):
+                seq.state["to_feed"] = list(seq.state["prefill"])
+        prefilling = [seq for seq in prepared if not seq.state.get("to_feed")]
         self._forward_prefills(prefilling)
         for seq in prefilling:
             if seq in self.scheduler.running:
                 self._guarded(seq, self._glimpse)
-        stepping = self._advance([seq for seq in self.scheduler.running if seq not in joining])
+        feeding = [seq for seq in self.scheduler.running if seq.state.get("to_feed")]
+        stepping = self._advance(self.scheduler.running)  # only requests already decoding
         for seq in stepping:
             seq.state["feed"] = seq.generated[-1]
-        for seq in joining:
-            seq.state["feed"] = seq.state["prefill"][0]
+        for seq in feeding:
+            seq.state["feed"] = seq.state["to_feed"].pop(0)
         self._flush_leaves()
-        self._forward_decodes(stepping + joining)
-        for seq in joining:
-            if seq in self.scheduler.running:
+        self._forward_decodes(stepping + feeding)
+        for seq in feeding:
+            if seq in self.scheduler.running and not seq.state["to_feed"]:
                 self._guarded(seq, self._glimpse)
         self._flush_leaves()  # a request can end at its glimpse: its session is free at once
 
@@ -266,7 +271,7 @@ class HFEngine:
 
     def _prefills_by_decode(self, seq: Sequence) -> bool:
         session = seq.session
-        return len(seq.state["prefill"]) == 1 and session.kv_len > 0 and session.cache is not None
+        return 0 < len(seq.state["prefill"]) <= _FEED_TOKENS and session.kv_len > 0 and session.cache is not None
 
     def _has_room(self, candidate: Sequence) -> bool:
         """Whether the running requests and ``candidate``, padded to the longest, stay within
