@@ -343,3 +343,29 @@ def test_decode_buffers_stay_near_what_the_rows_use(make_engine: Any) -> None:
     assert wide >= 456
     short.leave(["long"])  # ... and leaves: the buffers shrink back
     assert short.keys[0].shape[2] <= 2.5 * (short.end - short.start) + 96 < wide
+
+
+def test_short_continuations_fed_through_the_decode_batch_match_a_prefill(make_engine: Any) -> None:
+    def run(engine: Any) -> list[StepResult]:
+        async def go() -> list[StepResult]:
+            first = await asyncio.gather(
+                *(
+                    engine.step(StepRequest(f"s{i}", prompt=f"ask {i}", generate=GenerateSpec(5, (), GREEDY)))
+                    for i in range(4)
+                )
+            )
+            # Each session goes on with its own text plus 0..3 new characters (1..4 new tokens).
+            again = [
+                StepRequest(
+                    f"s{i}", prompt=f"ask {i}", transcript=r.text + "xyz"[:i], generate=GenerateSpec(6, (), GREEDY)
+                )
+                for i, r in enumerate(first)
+            ]
+            return list(first) + list(await asyncio.gather(*(engine.step(r) for r in again)))
+
+        return asyncio.run(go())
+
+    batched, plain = run(make_engine("small")), run(make_engine("small", batching=False))
+    for a, b in zip(batched, plain, strict=True):
+        assert (a.token_ids, a.reused_tokens, a.prefill_tokens) == (b.token_ids, b.reused_tokens, b.prefill_tokens)
+    assert [r.prefill_tokens for r in batched[4:]] == [1, 2, 3, 4]
