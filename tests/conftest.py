@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(tiny_pair: tuple[Path, Path], **limits: object) -> dict[str, Any]:
+    """The core config for the tiny pair: greedy, space-delimited steps, short budgets."""
+    small, large = tiny_pair
+    return {
+        "small": {"model": str(small)},
+        "large": {"model": str(large)},
+        "routing": {"threshold": 3.2},
+        "sampling": {"temperature": 0.0},
+        "limits": {"delimiter": " ", "step_max_tokens": 8, "thinking_budget": 32, "answer_max_tokens": 6, **limits},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,7 @@ pytest.importorskip("ray.data")
 from glimp_ray.batch import merge_traces, read_done_ids, run_batch  # noqa: E402
 from glimp_ray.planner import calibrate, requests_from_spans  # noqa: E402
 from glimp_ray.tracing import read_spans  # noqa: E402
-
-
-def tiny_config(tiny_pair: tuple[Path, Path]) -> dict[str, Any]:
-    small, large = tiny_pair
-    return {
-        "small": {"model": str(small)},
-        "large": {"model": str(large)},
-        "routing": {"threshold": 3.2},
-        "sampling": {"temperature": 0.0},
-        "limits": {"delimiter": " ", "step_max_tokens": 8, "thinking_budget": 32, "answer_max_tokens": 6},
-    }
+from tests.conftest import tiny_config  # noqa: E402
 
 
 def write_rows(path: Path, n: int, bad: bool = True) -> list[str]:

@@ -50,13 +50,6 @@ def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
     return layer
 
 
-def _set(cache: DynamicCache, kv: KV) -> None:
-    """Replace the tensors of ``cache``'s layers in place."""
-    layer: Any
-    for layer, (keys, values) in zip(cache.layers, kv, strict=True):
-        layer.keys, layer.values = keys, values
-
-
 def _layers(cache: Any) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -71,7 +64,7 @@ def _kv(cache: DynamicCache | None) -> KV | None:
     return _layers(cache)
 
 
-def _stack(rows: Sequence[KV | None], lengths: Sequence[int], like: KV) -> tuple[KV, int]:
+def _stack(rows: Sequence[KV | None], lengths: Sequence[int], like: KV) -> KV:
     """Right-align each entry's tokens in one zero-filled (padded) tensor per layer; an entry
     may hold several rows already (the current batch); ``None`` is one all-padding row."""
     width = max(lengths)
@@ -87,7 +80,7 @@ def _stack(rows: Sequence[KV | None], lengths: Sequence[int], like: KV) -> tuple
                 values[offset : offset + size, :, width - length :] = row[layer][1]
             offset += size
         stacked.append((keys, values))
-    return stacked, width
+    return stacked
 
 
 def _mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
@@ -330,7 +323,7 @@ def prefill(
     batch: DynamicCache
     if width:
         like = next(r for r in rows if r is not None)
-        kv, _ = _stack(rows, cached, like)
+        kv = _stack(rows, cached, like)
         batch = cache_from(kv)
     else:
         batch = DynamicCache(config=config)

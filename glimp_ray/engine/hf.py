@@ -417,27 +417,24 @@ class HFEngine:
             return []
         rows = [(seq.state["sampling"], seq.state["processors"], seq.state["generator"]) for seq in decoding]
         try:
-            tokens = sample_tokens(torch.stack([seq.logits for seq in decoding]), rows)
-        except Exception:  # find the request at fault: sample each alone
-            tokens = []
-            for seq, row in zip(decoding, rows, strict=True):
-                try:
-                    tokens.append(sample_tokens(seq.logits.unsqueeze(0), [row])[0])
-                except Exception as exc:
-                    self._fail(seq, exc)
-                    tokens.append(-1)
-            decoding, tokens = (
-                [s for s, t in zip(decoding, tokens, strict=True) if t >= 0],
-                [t for t in tokens if t >= 0],
-            )
+            tokens: list[int | None] = list(sample_tokens(torch.stack([seq.logits for seq in decoding]), rows))
+        except Exception:  # find the request at fault: each samples alone
+            tokens = [self._guarded_sample(seq, row) for seq, row in zip(decoding, rows, strict=True)]
         going = []
         for seq, token in zip(decoding, tokens, strict=True):
             try:
-                if self._take(seq, token):
+                if token is not None and self._take(seq, token):
                     going.append(seq)
             except Exception as exc:  # one bad request must not stop the others
                 self._fail(seq, exc)
         return going
+
+    def _guarded_sample(self, seq: Sequence, row: Any) -> int | None:
+        try:
+            return sample_tokens(seq.logits.unsqueeze(0), [row])[0]
+        except Exception as exc:
+            self._fail(seq, exc)
+            return None
 
     def _take(self, seq: Sequence, token: int) -> bool:
         """Append a sampled token and apply the stop rules; True when the request goes on."""

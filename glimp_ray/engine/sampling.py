@@ -29,27 +29,13 @@ def make_generator(params: SamplingParams, device: torch.device | str) -> torch.
     return generator
 
 
-def sample_token(
-    logits: torch.Tensor,
-    input_ids: torch.Tensor,
-    params: SamplingParams,
-    processors: LogitsProcessorList,
-    generator: torch.Generator,
-) -> int:
-    """Sample from ``logits`` (shape ``[vocab]``); ``input_ids`` is ``[1, seq]``."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    scores = processors(input_ids, logits.float().unsqueeze(0))  # type: ignore[arg-type]
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 def sample_tokens(
     logits: torch.Tensor,
     rows: list[tuple[SamplingParams, LogitsProcessorList, torch.Generator]],
 ) -> list[int]:
     """One token per row of ``logits`` (``[rows, vocab]``), each with its own parameters and
-    generator; the same draws as :func:`sample_token` row by row."""
+    generator. Rows with the same temperature and top-p are warped together; each row's draw
+    is the one it would get alone."""
     tokens = [0] * len(rows)
     groups: dict[tuple[float, float], list[int]] = {}
     for i, (params, _, _) in enumerate(rows):

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import tiny_config
+
 pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
@@ -21,14 +23,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+APP_LIMITS = {"step_max_tokens": 12, "thinking_budget": 60, "answer_max_tokens": 8}
+
+
 def app_args(tiny_pair: tuple[Path, Path], traces: Path | None = None) -> dict[str, Any]:
-    small, large = tiny_pair
     return {
-        "small": {"model": str(small)},
-        "large": {"model": str(large)},
-        "routing": {"threshold": 3.2},
-        "sampling": {"temperature": 0.0},
-        "limits": {"delimiter": " ", "step_max_tokens": 12, "thinking_budget": 60, "answer_max_tokens": 8},
+        **tiny_config(tiny_pair, **APP_LIMITS),
         "serving": {
             "model_name": "glimp-tiny",
             "retries": 6,

@@ -9,14 +9,15 @@ import pytest
 pytest.importorskip("ray.data")
 
 from glimp_ray.batch import run_batch  # noqa: E402
-from tests.test_batch import tiny_config, write_rows, written  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+from tests.deployments.conftest import APP_LIMITS  # noqa: E402
+from tests.test_batch import write_rows, written  # noqa: E402
 
 
 def test_serve_mode_matches_actor_mode(serve_app: str, tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     write_rows(source, 4, bad=False)
-    config = tiny_config(tiny_pair)
-    config["limits"] = {"delimiter": " ", "step_max_tokens": 12, "thinking_budget": 60, "answer_max_tokens": 8}
+    config = tiny_config(tiny_pair, **APP_LIMITS)  # the serve app's limits: same answers both ways
     local = run_batch(config, str(source), str(tmp_path / "local"), batch_size=5, num_cpus=0.2)
     remote = run_batch(config, str(source), str(tmp_path / "serve"), serve_app="glimp", batch_size=5, num_cpus=0.2)
     assert local["rows"] == remote["rows"] == 5

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.batch import DecodeBatch, batchable, prefill
-from glimp_ray.engine.sampling import build_processors, make_generator, sample_token, sample_tokens
+from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
 
 GREEDY = SamplingParams(temperature=0)
@@ -88,16 +88,17 @@ def test_batched_prefill_matches_one_sequence_prefills(make_engine: Any) -> None
         assert same_cache(cache, full_cache)
 
 
-def test_sample_tokens_draws_as_sample_token_row_by_row() -> None:
+def test_sample_tokens_draws_in_a_batch_what_each_row_draws_alone() -> None:
     torch.manual_seed(0)
     logits = torch.randn(6, 50)
     params = [SamplingParams(temperature=t, top_p=p, seed=i) for i, (t, p) in enumerate([(0, 1), (0.7, 0.9)] * 3)]
-    rows = [(p, build_processors(p), make_generator(p, "cpu")) for p in params]
-    alone = [
-        sample_token(row, torch.zeros((1, 0), dtype=torch.long), p, build_processors(p), make_generator(p, "cpu"))
-        for row, p in zip(logits, params, strict=True)
-    ]
-    assert sample_tokens(logits, rows) == alone
+
+    def rows() -> list[Any]:
+        return [(p, build_processors(p), make_generator(p, "cpu")) for p in params]
+
+    alone = [sample_tokens(row[None], [spec])[0] for row, spec in zip(logits, rows(), strict=True)]
+    assert sample_tokens(logits, rows()) == alone
+    assert alone[0] == int(logits[0].argmax())  # greedy rows take the argmax
 
 
 def record_batches(engine: Any) -> Counter[int]:
