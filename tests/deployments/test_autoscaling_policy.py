@@ -99,3 +99,22 @@ def test_bad_policy_kwargs_fail_at_construction() -> None:
         RoutingRatioPolicy(large={"target_utilisation": 0.5})
     with pytest.raises(ValueError, match="target_utilization"):
         RoutingRatioPolicy(small={"target_utilization": 2.0})
+
+
+def test_router_user_config_changes_routing_and_rejects_bad_input() -> None:
+    from types import SimpleNamespace
+
+    from deployments.config import AppConfig
+    from deployments.router import GlimpRouter
+
+    reconfigure = GlimpRouter.func_or_class.reconfigure  # the method, without starting Serve
+    config = AppConfig.model_validate({"routing": {"threshold": 0.5}})
+    router = SimpleNamespace(config=config, collab=SimpleNamespace(params=config.collab_params()))
+    reconfigure(router, {"routing": {"threshold": 0.1}, "sampling": {"temperature": 0.0}})
+    assert (router.collab.params.threshold, router.collab.params.temperature) == (0.1, 0.0)
+    assert router.collab.params.policy == "entropy"  # what was not given stays
+    with pytest.raises(ValueError, match="routing, sampling and limits"):
+        reconfigure(router, {"serving": {"retries": 1}})
+    with pytest.raises(ValueError, match="temperature"):
+        reconfigure(router, {"sampling": {"temperature": -1}})
+    assert router.collab.params.threshold == 0.1  # a rejected config changes nothing
