@@ -13,6 +13,7 @@ Tests use :func:`start_local_cluster` (one cluster per test session).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import tempfile
 from typing import Any
@@ -34,8 +35,12 @@ def start_local_cluster(
     With ``connect``, this process joins it as the driver.
     """
     import ray
+    from ray._common.utils import get_default_ray_temp_dir
     from ray.cluster_utils import Cluster
 
+    # Ray's Cluster writes the head's address to <system temp>/ray/ray_current_cluster whatever
+    # temp_dir says; on a fresh machine that folder does not exist yet.
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     head: dict[str, Any] = {"num_cpus": head_cpus, "include_dashboard": False}
     if temp_dir:
         head["temp_dir"] = temp_dir

@@ -18,6 +18,7 @@ from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.batch import DecodeBatch, batchable, prefill
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
+from tests.numeric import assert_logits_close, entropy_approx, tensors_close
 
 GREEDY = SamplingParams(temperature=0)
 PARAMS = CollabParams(temperature=0, delimiter=" ", step_max_tokens=12, thinking_budget=60, answer_max_tokens=8)
@@ -38,7 +39,7 @@ def extend(model: Any, cache: DynamicCache, token: int) -> torch.Tensor:
 
 def same_cache(a: DynamicCache, b: DynamicCache) -> bool:
     return a.get_seq_length() == b.get_seq_length() and all(
-        torch.allclose(x.keys, y.keys, atol=1e-4) and torch.allclose(x.values, y.values, atol=1e-4)
+        tensors_close(x.keys, y.keys) and tensors_close(x.values, y.values)
         for x, y in zip(a.layers, b.layers, strict=True)
     )
 
@@ -67,8 +68,7 @@ def test_decode_batch_matches_one_sequence_forwards(make_engine: Any) -> None:
         logits = batch.step([tokens[key] for key in batch.rows])  # type: ignore[index]
         for key, row in zip(batch.rows, logits, strict=True):
             expected = extend(model, refs[key][0], tokens[key])  # type: ignore[index]
-            assert torch.allclose(row, expected, atol=1e-4), f"row {key} at token {t}"
-            assert row.argmax() == expected.argmax()
+            assert_logits_close(row, expected, f"row {key} at token {t}")
     back = batch.leave(list(batch.rows))
     assert set(back) == {"a", "c", "d", "e"} and len(batch) == 0
     for key, cache in back.items():
@@ -84,7 +84,7 @@ def test_batched_prefill_matches_one_sequence_prefills(make_engine: Any) -> None
     caches, logits = prefill(model, "cache", entries)
     for h, n, cache, row in zip(history, new, caches, logits, strict=True):
         full_cache, full_logits = reference(model, h + n)
-        assert torch.allclose(row, full_logits, atol=1e-4)
+        assert_logits_close(row, full_logits, "prefill row")
         assert same_cache(cache, full_cache)
 
 
@@ -134,7 +134,7 @@ def test_concurrent_greedy_collaboration_is_identical_to_unbatched(make_engine: 
         assert [(s.model, s.text) for s in a.steps] == [(s.model, s.text) for s in b.steps]
         assert a.answer == b.answer
         for s, t in zip(a.steps, b.steps, strict=True):
-            assert s.entropy == pytest.approx(t.entropy, abs=1e-4)  # glimpses taken in batches
+            assert s.entropy == entropy_approx(t.entropy)  # glimpses taken in batches
         # Every step after the first reuses its session's cache, batched or not.
         assert all(s.reused_tokens > 0 for s in a.steps[1:])
     assert max(sizes[0]) > 1 and max(sizes[1]) > 1  # the decodes really were batched
@@ -232,7 +232,7 @@ def test_fused_glimpse_routing_in_a_batch(make_engine: Any) -> None:
 
     results = asyncio.run(together())
     for r, p in zip(results, probe, strict=True):
-        assert r.entropy == pytest.approx(p.entropy, abs=1e-5)
+        assert r.entropy == entropy_approx(p.entropy)
         assert r.routed == (p.entropy > tau)
         assert r.token_ids == [] if r.routed else r.generated_tokens == 6
 

@@ -15,6 +15,7 @@ from glimp_ray.engine.recording import RecordingClient
 from glimp_ray.engine.text import render_prompt
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
+from tests.numeric import entropy_approx
 
 MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
 GREEDY = SamplingParams(temperature=0)
@@ -61,8 +62,8 @@ def test_glimpse_entropy_matches_a_plain_forward(make_engine: Any) -> None:
     full = step(engine, session_id="a", glimpse=GlimpseSpec("full"))
     topk = step(engine, session_id="b", glimpse=GlimpseSpec("topk", top_k=20))
     assert full.finish_reason == "glimpse" and full.token_ids == []
-    assert full.entropy == pytest.approx(glimpse_entropy(logits, "full"), abs=1e-5)
-    assert topk.entropy == pytest.approx(glimpse_entropy(logits, "topk", 20), abs=1e-5)
+    assert full.entropy == entropy_approx(glimpse_entropy(logits, "full"))
+    assert topk.entropy == entropy_approx(glimpse_entropy(logits, "topk", 20))
 
 
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
@@ -75,7 +76,7 @@ def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     assert {s.model for s in fused.steps} == {"small", "large"}  # both routes exercised
     assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
     assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
-    assert [s.entropy for s in fused.steps] == pytest.approx([s.entropy for s in paper.steps])
+    assert [s.entropy for s in fused.steps] == entropy_approx([s.entropy for s in paper.steps])
     # A large step's record keeps what its small glimpse cost; paper mode glimpses every step.
     assert all(s.glimpse_prefill_tokens > 0 for s in fused.steps if s.model == "large")
     assert all(s.glimpse_prefill_tokens > 0 for s in paper.steps)
@@ -121,7 +122,7 @@ def test_routed_glimpse_leaves_no_token_in_the_cache(make_engine: Any) -> None:
     assert len(session.tokens) == session.kv_len == routed.context_tokens
     # The same step kept small afterwards reuses the whole prefix.
     kept = step(engine, session_id="s", glimpse=GlimpseSpec(threshold=None), generate=greedy(8))
-    assert kept.entropy == pytest.approx(routed.entropy)
+    assert kept.entropy == entropy_approx(routed.entropy)
     assert kept.reused_tokens == routed.context_tokens - 1 and kept.prefill_tokens == 1
 
 
