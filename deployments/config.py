@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glimp_ray.config import GlimpConfig
 
@@ -15,6 +15,14 @@ class _Strict(BaseModel):
 
 class PoolDeployment(_Strict):
     """Replicas, resources and placement of one model pool."""
+
+    @field_validator("logging_config")
+    @classmethod
+    def _serve_logging_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ray.serve.schema import LoggingConfig
+
+        LoggingConfig(**value)  # a misspelt key or level fails here, not at deploy time
+        return value
 
     num_replicas: int | Literal["auto"] = Field(1, description="Fixed replica count, or auto to autoscale.")
     max_ongoing_requests: int = Field(32, ge=1, description="Concurrent step calls per replica.")
@@ -28,6 +36,11 @@ class PoolDeployment(_Strict):
     autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config.")
     num_fallback_replicas: int = Field(
         2, ge=0, description="Ring successors tried when a session's replica rejects a call."
+    )
+    logging_config: dict[str, Any] = Field(
+        default_factory=lambda: {"enable_access_log": False},
+        description="Ray Serve logging_config of the replicas. Access logs (a line per step call) are off by "
+        "default; the replica's own per-step line is at DEBUG (set log_level: DEBUG to see it).",
     )
 
     def deployment_options(self, name: str) -> dict[str, Any]:
@@ -45,6 +58,7 @@ class PoolDeployment(_Strict):
             "name": name,
             "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests,
+            "logging_config": dict(self.logging_config),
             # Every call of one request goes to the same replica, so its KV cache is reused.
             "request_router_config": RequestRouterConfig(
                 request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",  # type: ignore[arg-type]
@@ -82,6 +96,22 @@ class TracingConfig(_Strict):
         return self
 
 
+class RequestLimits(_Strict):
+    """What one request may ask for; checked by the router before any model is called."""
+
+    max_request_bytes: int = Field(
+        4 << 20, ge=1024, description="Largest request body in bytes; larger ones get a 413 before parsing."
+    )
+    max_prompt_chars: int = Field(
+        1_000_000, ge=1, description="Most characters of prompt text (all messages), checked before tokenizing."
+    )
+    max_thinking_budget: int = Field(32_768, ge=1, description="Largest glimp.thinking_budget a request may set.")
+    max_step_tokens: int = Field(4096, ge=1, description="Largest glimp.step_max_tokens a request may set.")
+    max_answer_tokens: int = Field(
+        16_384, ge=1, description="Largest max_tokens / max_completion_tokens a request may set."
+    )
+
+
 class ServingConfig(_Strict):
     """How the application is exposed and how it reacts to failing pools."""
 
@@ -98,6 +128,9 @@ class ServingConfig(_Strict):
     large: PoolDeployment = Field(default_factory=lambda: PoolDeployment(), description="The large pool.")
     router: RouterDeployment = Field(default_factory=lambda: RouterDeployment(), description="The router.")
     tracing: TracingConfig = Field(default_factory=lambda: TracingConfig(), description="Span export.")
+    request_limits: RequestLimits = Field(
+        default_factory=lambda: RequestLimits(), description="Bounds on what one request may ask for."
+    )
 
     def router_options(self) -> dict[str, Any]:
         """``Deployment.options`` of the router. When a pool autoscales, the router gets a fixed-size
@@ -129,3 +162,15 @@ class AppConfig(GlimpConfig):
     """``args`` of the Serve application: both models, routing defaults and serving."""
 
     serving: ServingConfig = Field(default_factory=lambda: ServingConfig(), description="Deployment.")
+
+    @model_validator(mode="after")
+    def _defaults_within_request_limits(self) -> AppConfig:
+        caps = self.serving.request_limits
+        for name, value, cap, cap_name in (
+            ("limits.thinking_budget", self.limits.thinking_budget, caps.max_thinking_budget, "max_thinking_budget"),
+            ("limits.step_max_tokens", self.limits.step_max_tokens, caps.max_step_tokens, "max_step_tokens"),
+            ("limits.answer_max_tokens", self.limits.answer_max_tokens, caps.max_answer_tokens, "max_answer_tokens"),
+        ):
+            if value > cap:
+                raise ValueError(f"{name} ({value}) is above serving.request_limits.{cap_name} ({cap})")
+        return self

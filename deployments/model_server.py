@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,8 +11,11 @@ from ray import serve
 
 from glimp_ray.autoscaling import ServiceMeter
 from glimp_ray.config import ModelConfig
+from glimp_ray.engine.base import InvalidRequestError, StepRejected
 from glimp_ray.engine.hf import HFEngine
 from glimp_ray.types import StepRequest, StepResult
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -25,8 +29,24 @@ class ModelServer:
         context = serve.get_replica_context()
         self.engine.replica = f"{context.deployment}#{context.replica_id.unique_id}"
 
-    async def step(self, request: StepRequest) -> StepResult:
-        return await self.engine.step(request)
+    async def step(self, request: StepRequest) -> StepResult | StepRejected:
+        """One step call; a request the engine refuses comes back as :class:`StepRejected`."""
+        try:
+            result = await self.engine.step(request)
+        except InvalidRequestError as exc:
+            logger.warning("step refused (%s): %s", request.session_id, exc)
+            return StepRejected.of(exc)
+        logger.debug(
+            "step %s: %s, %d tokens (%d reused, %d prefilled), queue %.3f s, model %.3f s",
+            request.session_id,
+            result.finish_reason,
+            result.generated_tokens,
+            result.reused_tokens,
+            result.prefill_tokens,
+            result.queue_s,
+            result.model_s,
+        )
+        return result
 
     async def release(self, session_id: str) -> None:
         await self.engine.release(session_id)

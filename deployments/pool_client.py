@@ -12,7 +12,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from glimp_ray.engine.base import EngineError, StepClient
+from glimp_ray.engine.base import EngineError, StepClient, StepRejected
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class ServeStepClient:
         for attempt in range(self.retries + 1):
             response = self.handle.options(session_id=request.session_id).step.remote(request)
             try:
-                return await asyncio.wait_for(_awaited(response), self.timeout_s)
+                result = await asyncio.wait_for(_awaited(response), self.timeout_s)
             except asyncio.TimeoutError:
                 response.cancel()
                 raise PoolUnavailableError(f"the {self.name} pool did not answer within {self.timeout_s:g} s") from None
@@ -53,6 +53,10 @@ class ServeStepClient:
                     raise PoolUnavailableError(f"the {self.name} pool is unavailable: {type(exc).__name__}") from exc
                 logger.warning("%s pool call failed (%s); retrying", self.name, type(exc).__name__)
                 await asyncio.sleep(0.5 * 2**attempt)
+                continue
+            if isinstance(result, StepRejected):
+                raise result.error()
+            return result  # type: ignore[no-any-return]
         raise AssertionError("unreachable")
 
     async def release(self, session_id: str) -> None:

@@ -1,5 +1,12 @@
 """The OpenAI-compatible wire format (fields in OpenAI's order), with GlimpRouter's knobs
-in one marked extension field, ``glimp``."""
+in one marked extension field, ``glimp``.
+
+Requests are parsed strictly from the JSON body (vLLM's OpenAI server is the reference): JSON
+booleans only, no numbers as strings, finite numbers only. Fields that would change what the
+client gets back and that this server cannot honour (tool calls it must make, JSON output,
+log-probabilities, penalties) are refused with a 400 naming the field; fields that change
+nothing here (``user``, ``metadata``, ``tools`` the model may ignore, ...) are accepted.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,55 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STOP_STRINGS = 4  # OpenAI's limit
 
 
-class ChatMessage(BaseModel):
+class _Wire(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class ChatMessage(_Wire):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str = Field(min_length=0)
+    content: str | list[dict[str, Any]] | None = Field(
+        description="Text, or a list of text parts (joined with newlines, as vLLM does); null is empty."
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, content: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type")
+                if kind != "text":
+                    raise ValueError(f"content parts of type {kind!r} are not supported; only 'text' parts are")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError("a text part needs a string 'text'")
+        return content
+
+    def text(self) -> str:
+        """The message's text: a string as is, text parts joined with newlines, none as empty."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part["text"] for part in self.content)
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Wire):
     include_usage: bool = False
 
 
-class GlimpOptions(BaseModel):
+class ResponseFormat(_Wire):
+    type: str
+
+
+class GlimpOptions(_Wire):
     """GlimpRouter extensions (send with the openai client as ``extra_body={"glimp": ...}``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
     threshold: float | None = Field(None, description="τ for this request.")
     policy: Literal["entropy", "small", "large", "random"] | None = None
@@ -33,14 +73,15 @@ class GlimpOptions(BaseModel):
     return_trace: bool = Field(False, description="Include the per-step trace in the response.")
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _Request(_Wire):
     model: str
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1, description="Caps the answer's tokens.")
-    max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1)
-    seed: int | None = Field(None, ge=0, lt=2**32)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer (not the thinking).")
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -49,13 +90,44 @@ class _Request(BaseModel):
     # --- extensions -------------------------------------------------------------
     glimp: GlimpOptions = Field(default_factory=GlimpOptions)
 
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}")
+        if any(not s for s in strings):
+            raise ValueError("stop strings must be non-empty")
+        return stop
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def answer_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first field set to something this server cannot honour: ``(field, why)``."""
+        if self.n != 1:
+            return "n", "only n=1 is supported"
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                return name, f"{name} is not supported (leave it unset or 0)"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
+        return None
+
     def overrides(self) -> dict[str, Any]:
         g = self.glimp
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
-            "answer_max_tokens": self.max_completion_tokens or self.max_tokens,
+            "answer_max_tokens": self.answer_max_tokens,
+            "stop": self.stop_strings(),
             "threshold": g.threshold,
             "policy": g.policy,
             "mode": g.mode,
@@ -67,10 +139,71 @@ class _Request(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @property
+    def answer_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported"
+        if self.top_logprobs:
+            return "top_logprobs", "logprobs are not supported"
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", f"response_format {self.response_format.type!r} is not supported; only 'text'"
+        if self.tool_choice == "required" or isinstance(self.tool_choice, dict):
+            return "tool_choice", "tool calls are not supported; tool_choice may be 'auto' or 'none'"
+        if isinstance(self.tool_choice, str) and self.tool_choice not in ("auto", "none", "required"):
+            return "tool_choice", f"unknown tool_choice {self.tool_choice!r}"
+        return super().unsupported()
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def text_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
 
 
 class CompletionRequest(_Request):
-    prompt: str = Field(min_length=1)
+    prompt: str | list[str] = Field(description="One prompt (a list of one string is taken too).")
+    best_of: int | None = Field(None, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError(f"one prompt per request is supported, got {len(prompt)}")
+        text = prompt if isinstance(prompt, str) else prompt[0]
+        if not text:
+            raise ValueError("the prompt must be non-empty")
+        return prompt
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.logprobs is not None:
+            return "logprobs", "logprobs are not supported"
+        if self.echo:
+            return "echo", "echo is not supported"
+        if self.best_of not in (None, 1):
+            return "best_of", "only best_of=1 is supported"
+        if self.suffix:
+            return "suffix", "suffix is not supported"
+        return super().unsupported()
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def text_chars(self) -> int:
+        return len(self.prompt_text())
 
 
 def new_id(prefix: str) -> str:

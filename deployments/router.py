@@ -8,15 +8,20 @@ through a DeploymentHandle pinned to the request's session.
 # through Serve's class-based ingress.
 
 import json
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from deployments.config import AppConfig
 from deployments.metrics import RouterMetrics
@@ -35,6 +40,10 @@ from glimp_ray.engine.base import PromptTooLongError
 from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
+logger = logging.getLogger("ray.serve")
+RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+
+_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
 class APIError(Exception):
@@ -45,18 +54,38 @@ class APIError(Exception):
 
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    if exc.status < 500:  # the client's mistake: one line, no traceback
+        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
     return JSONResponse(exc.body, status_code=exc.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in OpenAI's error shape."""
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    logger.warning("%s -> %d", message, exc.status_code)
+    body = error_body(message, _ERROR_TYPES.get(exc.status_code, "invalid_request_error"))
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    error = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {error['msg']}" if param else str(error["msg"])
-    if error.get("type") == "json_invalid":
-        message, param = "request body is not valid JSON", None
+    message, param = _validation_message(exc.errors())
+    logger.warning("%s %s -> 400: %s", request.method, request.url.path, message)
     return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|function-.*|literal\[.*|.*\[.*)$")
+
+
+def _validation_message(errors: Any) -> tuple[str, str | None]:
+    """The first error as ``(message, param)``; param is the dotted path of the field."""
+    error = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if error.get("type") == "json_invalid":
+        return "request body is not valid JSON (UTF-8, nesting within limits, no NaN or Infinity)", None
+    loc = [str(p) for p in error.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
+    param = ".".join(loc) or None
+    return (f"{param}: {error['msg']}" if param else str(error["msg"])), param
 
 
 def _finish_reason(result: CollabResult) -> str:
@@ -101,7 +130,20 @@ def _trace_headers(raw: Request) -> dict[str, str]:
 
 
 def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+    return f"data: {json.dumps(data, allow_nan=False)}\n\n"
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A stream whose body is always closed, also when the client disconnects mid-stream:
+    Starlette then abandons the body iterator, whose clean-up (releasing the request's pool
+    sessions) would wait for the garbage collector."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 @serve.deployment
@@ -151,25 +193,54 @@ class GlimpRouter:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": now(), "owned_by": "glimp-ray"}
+
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": self.model_name, "object": "model", "created": now(), "owned_by": "glimp-ray"}],
-        }
+        return {"object": "list", "data": [self._model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str) -> dict[str, Any]:
+        if model_id != self.model_name:
+            raise APIError(
+                404, f"model {model_id!r} does not exist", "invalid_request_error", "model", "model_not_found"
+            )
+        return self._model_card()
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest, raw: Request) -> Any:
-        messages = [m.model_dump() for m in body.messages]
-        return await self._respond(body, {"messages": messages}, raw, chat=True)
+    async def chat_completions(self, raw: Request) -> Any:
+        body = await self._parse(raw, ChatCompletionRequest)
+        return await self._respond(body, {"messages": body.chat_messages()}, raw, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, raw: Request) -> Any:
-        return await self._respond(body, {"prompt": body.prompt}, raw, chat=False)
+    async def completions(self, raw: Request) -> Any:
+        body = await self._parse(raw, CompletionRequest)
+        return await self._respond(body, {"prompt": body.prompt_text()}, raw, chat=False)
 
-    async def _respond(
-        self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], raw: Request, chat: bool
-    ) -> Any:
+    async def _parse(self, raw: Request, model: type[RequestT]) -> RequestT:
+        """Read the body within ``max_request_bytes`` (413 past it, before any parsing), then
+        parse it strictly."""
+        limit = self.config.serving.request_limits.max_request_bytes
+        too_large = APIError(
+            413, f"request body is larger than {limit} bytes", "invalid_request_error", code="request_too_large"
+        )
+        declared = raw.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in raw.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        try:
+            return model.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            message, param = _validation_message(exc.errors())
+            raise APIError(400, message, "invalid_request_error", param) from None
+
+    def _check(self, body: ChatCompletionRequest | CompletionRequest, chat: bool) -> None:
+        """What the model name, the request limits and the supported fields allow."""
         if body.model != self.model_name:
             raise APIError(
                 404,
@@ -178,21 +249,45 @@ class GlimpRouter:
                 "model",
                 "model_not_found",
             )
-        if body.n != 1:
-            raise APIError(400, "only n=1 is supported", "invalid_request_error", "n")
+        unsupported = body.unsupported()
+        if unsupported is not None:
+            raise APIError(400, unsupported[1], "invalid_request_error", unsupported[0], "unsupported_parameter")
+        caps = self.config.serving.request_limits
+        answer_field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+        for param, value, cap in (
+            (answer_field, body.answer_max_tokens, caps.max_answer_tokens),
+            ("glimp.thinking_budget", body.glimp.thinking_budget, caps.max_thinking_budget),
+            ("glimp.step_max_tokens", body.glimp.step_max_tokens, caps.max_step_tokens),
+        ):
+            if value is not None and value > cap:
+                raise APIError(
+                    400, f"{param} is {value}; this server allows at most {cap}", "invalid_request_error", param
+                )
+        if body.text_chars() > caps.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt is {body.text_chars()} characters; this server allows at most {caps.max_prompt_chars}",
+                "invalid_request_error",
+                "messages" if chat else "prompt",
+                "context_length_exceeded",
+            )
+
+    async def _respond(
+        self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], raw: Request, chat: bool
+    ) -> Any:
+        self._check(body, chat)
         overrides = body.overrides()
         try:
-            self.collab.params.replace(**overrides)
+            params = self.collab.params.replace(**overrides)
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error") from None
         request_id = new_id("chatcmpl" if chat else "cmpl")
-        params = self.collab.params.replace(**overrides)
         stream = self.collab.stream(request_id=request_id, **inputs, **overrides)
         events = self._observed(stream, request_id, params, raw)
         param = "messages" if chat else "prompt"
         if body.stream:
             first = await self._guard(events.__anext__(), param)
-            return StreamingResponse(
+            return _ClosingStreamingResponse(
                 self._stream(body, request_id, first, events, chat), media_type="text/event-stream"
             )
         result: CollabResult | None = None
@@ -239,6 +334,7 @@ class GlimpRouter:
         except ValueError as exc:
             raise APIError(400, _message(exc), "invalid_request_error") from None
         except Exception as exc:  # anything else is the server's fault, still in OpenAI's shape
+            logger.exception("request failed")
             raise APIError(500, f"{type(exc).__name__}: {_message(exc)}", "internal_error") from None
 
     async def _guarded(self, events: AsyncIterator[Any], param: str) -> AsyncIterator[Any]:

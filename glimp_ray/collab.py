@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 import time
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from glimp_ray.engine.base import StepClient
+from glimp_ray.engine.base import PromptTooLongError, StepClient
 from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, make_policy
 from glimp_ray.types import (
     EntropyKind,
@@ -32,7 +33,7 @@ from glimp_ray.types import (
 
 Mode = Literal["fused", "paper"]
 AnswerModel = Literal["auto", "small", "large"]
-StopReason = Literal["think_end", "eos", "repeat", "budget"]
+StopReason = Literal["think_end", "eos", "repeat", "budget", "context"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class CollabParams:
     """Everything that shapes one collaboration; per-request overrides via :meth:`replace`.
 
     ``answer_model="auto"`` answers with the large model, except under the ``small``
-    policy, whose baseline never touches the large model.
+    policy, whose baseline never touches the large model. ``stop`` strings end the answer
+    (and are left out of it, as OpenAI does); they do not cut the thinking.
     """
 
     policy: str = "entropy"
@@ -54,6 +56,7 @@ class CollabParams:
     thinking_budget: int = 8192
     answer_max_tokens: int = 2048
     answer_model: AnswerModel = "auto"
+    stop: tuple[str, ...] = ()
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int | None = None
@@ -72,6 +75,10 @@ class CollabParams:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.random_p <= 1:
             raise ValueError(f"random_p must be in [0, 1], got {self.random_p}")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
         # Checked here so a bad value fails before any model is called.
         GlimpseSpec(self.entropy, self.top_k)
         SamplingParams(self.temperature, self.top_p)
@@ -303,7 +310,13 @@ class _Run:
         stop_reason: StopReason = "budget"
         while used_tokens < p.thinking_budget:
             max_tokens = min(p.step_max_tokens, p.thinking_budget - used_tokens)
-            record = await self._thinking_step(len(steps), max_tokens)
+            try:
+                record = await self._thinking_step(len(steps), max_tokens)
+            except PromptTooLongError:
+                if not steps:
+                    raise  # the prompt itself does not fit: the client's error
+                stop_reason = "context"  # the thinking filled a model's context
+                break
             repeats = bool(steps) and bool(record.text) and record.text == steps[-1].text
             steps.append(record)
             used_tokens += record.tokens
@@ -316,19 +329,29 @@ class _Run:
                 # A step repeating the previous one verbatim: the model is looping.
                 stop_reason = "repeat"
                 break
+            if record.finish_reason == "length" and record.tokens < max_tokens:
+                # Cut short of its budget: the engine stopped at the end of its context.
+                stop_reason = "context"
+                break
 
         answer_route = p.resolved_answer_model
         t0 = time.perf_counter()
-        result = await self._call(
-            answer_route,
-            close_thinking=True,
-            generate=GenerateSpec(p.answer_max_tokens, (), self._sampling(-1, answer_route)),
-        )
+        try:
+            result = await self._call(
+                answer_route,
+                close_thinking=True,
+                generate=GenerateSpec(p.answer_max_tokens, p.stop, self._sampling(-1, answer_route)),
+            )
+        except PromptTooLongError:
+            if not steps:
+                raise
+            # The thinking left no room for the answer: an empty answer cut by length.
+            result = StepResult(token_ids=[], text="", finish_reason="length")
         answer = _record(-1, answer_route, result, None, time.perf_counter() - t0, 0.0, None)
         yield CollabResult(
             request_id=self.request_id,
             reasoning=self.transcript.rstrip(),
-            answer=result.text.strip(),
+            answer=_before_stop(result.text, p.stop).strip(),
             steps=steps,
             answer_record=answer,
             stop_reason=stop_reason,
@@ -340,6 +363,12 @@ class _Run:
         for route in self.used:
             with contextlib.suppress(Exception):
                 await self.clients[route].release(self._session(route))
+
+
+def _before_stop(text: str, stops: tuple[str, ...]) -> str:
+    """``text`` up to the first stop string, which is left out."""
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(cuts)] if cuts else text
 
 
 def _record(

@@ -6,6 +6,7 @@ DeploymentHandle does. The loop never knows which.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from glimp_ray.types import StepRequest, StepResult
@@ -28,5 +29,25 @@ class EngineError(RuntimeError):
     """An engine could not serve a request."""
 
 
-class PromptTooLongError(EngineError, ValueError):
+class InvalidRequestError(EngineError, ValueError):
+    """The request cannot be served as sent (the client's error, e.g. an empty prompt)."""
+
+
+class PromptTooLongError(InvalidRequestError):
     """The prompt plus transcript does not fit in the model's context."""
+
+
+@dataclass(frozen=True)
+class StepRejected:
+    """An :class:`InvalidRequestError` sent back as a value by a remote pool, so the client's
+    mistake is not logged as the server's failure; the caller raises :meth:`error`."""
+
+    message: str
+    too_long: bool = False
+
+    @classmethod
+    def of(cls, exc: InvalidRequestError) -> StepRejected:
+        return cls(str(exc), isinstance(exc, PromptTooLongError))
+
+    def error(self) -> InvalidRequestError:
+        return PromptTooLongError(self.message) if self.too_long else InvalidRequestError(self.message)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StopStringCriteria
 
-from glimp_ray.engine.base import EngineError, PromptTooLongError
+from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError
 from glimp_ray.engine.batch import DecodeBatch, batchable, prefill
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.engine.scheduler import DoneCallback, Scheduler, Sequence
@@ -95,6 +95,9 @@ class HFEngine:
         self.think_end = think_end
         self.device = next(model.parameters()).device
         self.max_context = max_context or _max_context(model, tokenizer)
+        # No token covers more characters than its vocabulary entry has: a text longer than
+        # max_context x this cannot fit, and is refused before it is rendered or tokenized.
+        self.max_text_chars = self.max_context * _longest_token_chars(tokenizer)
         self.sessions = SessionCache(max_sessions, max_cached_tokens)
         self.scheduler = Scheduler(max_running)
         if max_batch_tokens < 1:
@@ -147,6 +150,12 @@ class HFEngine:
     # -- the async front: the StepClient interface ------------------------------------
 
     async def step(self, request: StepRequest) -> StepResult:
+        chars = request_chars(request)
+        if chars > self.max_text_chars:
+            raise PromptTooLongError(
+                f"prompt and transcript are {chars} characters; {self.name} has a context of "
+                f"{self.max_context} tokens (at most {self.max_text_chars} characters)"
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StepResult] = loop.create_future()
 
@@ -285,8 +294,7 @@ class HFEngine:
         """An upper bound on the tokens a request brings, before it is tokenized: at most one
         per character of its text, and at most its session's tokens plus the transcript."""
         request = seq.request
-        chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
-        estimate = chars + len(request.transcript)
+        estimate = request_chars(request)
         session = self.sessions.peek(request.session_id)
         if session is not None and session.tokens:
             estimate = min(estimate, len(session.tokens) + len(request.transcript))
@@ -328,7 +336,7 @@ class HFEngine:
             ids = self.tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
             session.append(ids, new_text, [len(new_text)] * len(ids))
         if not session.tokens:
-            raise EngineError("empty prompt")
+            raise InvalidRequestError("empty prompt")
         if len(session.tokens) >= self.max_context:
             raise PromptTooLongError(
                 f"prompt and transcript are {len(session.tokens)} tokens; "
@@ -637,6 +645,22 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     return frozenset(ids)
+
+
+def request_chars(request: StepRequest) -> int:
+    """Characters of a request's text (prompt or message contents, and transcript)."""
+    chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
+    return chars + len(request.transcript)
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    """The longest vocabulary entry in characters: an upper bound on the text one token decodes
+    to (byte-level entries spell each byte as one character)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:
+        return 1 << 10
+    return max((len(token) for token in vocab), default=1) or 1
 
 
 def _max_context(model: Any, tokenizer: Any) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import accumulate
 from typing import Any
 
-from glimp_ray.engine.base import EngineError
+from glimp_ray.engine.base import InvalidRequestError
 from glimp_ray.types import StepRequest
 
 
@@ -18,7 +18,7 @@ def render_prompt(tokenizer: Any, request: StepRequest, think_start: str, think_
     """
     if request.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
-            raise EngineError("this model has no chat template; send a raw prompt instead")
+            raise InvalidRequestError("this model has no chat template; send a raw prompt instead")
         base = tokenizer.apply_chat_template(
             [dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
         )

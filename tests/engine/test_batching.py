@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
 import torch
 from transformers import DynamicCache
 
