@@ -51,14 +51,16 @@ class RouterMetrics:
     def observe(self, event: StepRecord | CollabResult) -> None:
         if isinstance(event, StepRecord):
             self.steps.inc(tags={"route": event.model})
-            self.tokens.inc(event.tokens, tags={"pool": event.model})
+            if event.tokens > 0:  # Ray's counters refuse a zero increment
+                self.tokens.inc(event.tokens, tags={"pool": event.model})
             if event.entropy is not None:
                 self.entropy.observe(event.entropy)
             self.window.add(event)
             self.ratio.set(self.window.large_fraction_by_steps(), tags={"by": "steps"})
             self.ratio.set(self.window.large_fraction_by_tokens(), tags={"by": "tokens"})
             return
-        self.tokens.inc(event.answer_record.tokens, tags={"pool": event.answer_record.model})
+        if event.answer_record.tokens > 0:  # e.g. an answer with no room left in the context
+            self.tokens.inc(event.answer_record.tokens, tags={"pool": event.answer_record.model})
         self.latency.observe(event.latency_s)
         self.requests.inc(tags={"outcome": "ok"})
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 from typing import Any
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from glimp_ray.engine.base import EngineError, StepClient, StepRejected
@@ -36,6 +37,7 @@ class ServeStepClient:
         self.name = name
         self.timeout_s = timeout_s
         self.retries = retries
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def step(self, request: StepRequest) -> StepResult:
         for attempt in range(self.retries + 1):
@@ -48,6 +50,9 @@ class ServeStepClient:
             except asyncio.CancelledError:
                 response.cancel()  # the client went away: stop the generation on the replica
                 raise
+            except TaskCancelledError:
+                # Serve cancelled this call with the request that made it (the client went away).
+                raise asyncio.CancelledError() from None
             except _GONE as exc:
                 if attempt == self.retries:
                     raise PoolUnavailableError(f"the {self.name} pool is unavailable: {type(exc).__name__}") from exc
@@ -60,9 +65,21 @@ class ServeStepClient:
         raise AssertionError("unreachable")
 
     async def release(self, session_id: str) -> None:
+        """Forget the session on its replica. The call runs detached from the request that
+        makes it: when that request is cancelled (a client disconnect), Serve cancels every call
+        it made, and a release made while it unwinds would be cancelled with them."""
+        task = asyncio.get_running_loop().create_task(self._release(session_id), context=contextvars.Context())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
         with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    async def _release(self, session_id: str) -> None:
+        try:
             response = self.handle.options(session_id=session_id).release.remote(session_id)
             await asyncio.wait_for(_awaited(response), 10)
+        except Exception as exc:  # the session then waits for LRU eviction on its replica
+            logger.warning("releasing %s on the %s pool failed: %s", session_id, self.name, type(exc).__name__)
 
 
 async def _awaited(response: Any) -> Any:

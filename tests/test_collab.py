@@ -202,3 +202,53 @@ def test_random_routes_differ_between_requests_with_one_seed() -> None:
         for i in range(6)
     }
     assert len(patterns) > 1
+
+
+def endless(name: str, context: int, answer: str = "the answer") -> ScriptedEngine:
+    """Distinct steps of 7 tokens that never end the thinking, within ``context`` tokens."""
+    steps = [ScriptedStep(f"step{c}\n\n", 0.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return ScriptedEngine(name, steps, answer=answer, context=context)
+
+
+def test_thinking_that_fills_the_context_closes_and_answers_in_the_room_left() -> None:
+    prompt_tokens = len(MESSAGES[0]["content"])
+    small, large = endless("small", prompt_tokens + 40), endless("large", prompt_tokens + 60)
+    result = run(small, large, policy="small", answer_model="large", thinking_budget=10_000)
+    # 5 whole steps (35 tokens), a 6th cut at the small model's context (5 tokens).
+    assert [s.tokens for s in result.steps] == [7] * 5 + [5]
+    assert result.stop_reason == "context"
+    assert result.answer == "the answer" and result.answer_record.finish_reason == "eos"
+
+
+def test_a_full_context_refuses_the_next_step_and_leaves_no_room_for_the_answer() -> None:
+    prompt_tokens = len(MESSAGES[0]["content"])
+    small = endless("small", prompt_tokens + 14)  # exactly two steps fit
+    result = run(small, small, policy="small", thinking_budget=10_000)
+    assert [s.tokens for s in result.steps] == [7, 7]
+    assert result.stop_reason == "context"
+    # The answer model has no room: an empty answer cut by length, not an error.
+    assert result.answer == "" and result.answer_record.finish_reason == "length"
+
+
+def test_a_prompt_longer_than_the_context_is_still_the_clients_error() -> None:
+    from glimp_ray.engine.base import PromptTooLongError
+
+    small = endless("small", 5)
+    with pytest.raises(PromptTooLongError):
+        run(small, small, policy="small")
+
+
+def test_stop_strings_end_the_answer_but_not_the_thinking() -> None:
+    small, large = scripted_pair()
+    large.answer = "The result is 42. Done."
+    result = run(small, large, threshold=1.0, stop=(". ", "xyz"))
+    assert result.answer == "The result is 42"  # cut before the first stop, which is left out
+    assert result.reasoning == "s0\n\nL1\n\ns2\n\nL3\n\ns4"
+    assert large.calls[-1].generate.stop == (". ", "xyz")  # the engine stops there too
+    assert all(c.generate.stop == ("\n\n",) for c in [*small.calls, *large.calls[:-1]])
+
+
+@pytest.mark.parametrize("bad", [{"threshold": float("nan")}, {"threshold": float("inf")}, {"stop": ("",)}])
+def test_non_finite_threshold_and_empty_stops_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        CollabParams().replace(**bad)

@@ -2,7 +2,8 @@
 
 Step ``i`` of a transcript (the number of delimiters it already holds) gets ``steps[i]``
 (the last one repeats past the end). One character is one token, so ``max_tokens``
-truncates the text character-wise.
+truncates the text character-wise; with a ``context``, the prompt and transcript count
+against it as the HF engine's tokens do (a full context refuses the call, a step is cut at it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from glimp_ray.engine.base import PromptTooLongError
 from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 
@@ -29,6 +31,7 @@ class ScriptedEngine:
         steps: Sequence[ScriptedStep],
         answer: str = "42",
         delimiter: str = "\n\n",
+        context: int | None = None,
     ):
         if not steps:
             raise ValueError("a script needs at least one step")
@@ -36,14 +39,26 @@ class ScriptedEngine:
         self.steps = list(steps)
         self.answer = answer
         self.delimiter = delimiter
+        self.context = context
         self.calls: list[StepRequest] = []
         self.released: list[str] = []
 
+    def _room(self, request: StepRequest) -> int:
+        """Tokens the context has left for this call (unbounded without a context)."""
+        if self.context is None:
+            return 1 << 30
+        prompt = request.prompt or "".join(m["content"] for m in request.messages or ())
+        used = len(prompt) + len(request.transcript) + (len("</think>") if request.close_thinking else 0)
+        if used >= self.context:
+            raise PromptTooLongError(f"prompt and transcript are {used} tokens; {self.name} has {self.context}")
+        return self.context - used
+
     async def step(self, request: StepRequest) -> StepResult:
         self.calls.append(request)
+        room = self._room(request)
         if request.close_thinking:
             assert request.generate is not None
-            text = self.answer[: request.generate.max_tokens]
+            text = self.answer[: min(request.generate.max_tokens, room)]
             finish: FinishReason = "eos" if text == self.answer else "length"
             return self._result(text, finish, None)
 
@@ -57,7 +72,7 @@ class ScriptedEngine:
                 return self._result("", "routed", entropy, routed=True)
         if request.generate is None:
             return self._result("", "glimpse", entropy)
-        text = scripted.text[: request.generate.max_tokens]
+        text = scripted.text[: min(request.generate.max_tokens, room)]
         finish = scripted.finish_reason if text == scripted.text else "length"
         return self._result(text, finish, entropy)
 

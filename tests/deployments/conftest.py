@@ -24,6 +24,13 @@ def free_port() -> int:
 
 
 APP_LIMITS = {"step_max_tokens": 12, "thinking_budget": 60, "answer_max_tokens": 8}
+REQUEST_LIMITS = {
+    "max_request_bytes": 256 * 1024,
+    "max_prompt_chars": 50_000,
+    "max_thinking_budget": 5000,
+    "max_step_tokens": 64,
+    "max_answer_tokens": 512,
+}
 
 
 def app_args(tiny_pair: tuple[Path, Path], traces: Path | None = None) -> dict[str, Any]:
@@ -37,6 +44,7 @@ def app_args(tiny_pair: tuple[Path, Path], traces: Path | None = None) -> dict[s
             "large": {"num_replicas": 2, "num_cpus": 0.1},
             "router": {"num_cpus": 0.1},
             "tracing": {"exporter": "jsonl", "path": str(traces)} if traces else {"exporter": "none"},
+            "request_limits": REQUEST_LIMITS,
         },
     }
 

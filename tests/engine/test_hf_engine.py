@@ -191,6 +191,37 @@ def test_prompt_too_long_is_a_clear_error_and_the_engine_keeps_serving(make_engi
     assert step(engine, session_id="ok", prompt="hi", generate=greedy(4)).generated_tokens == 4
 
 
+def test_a_huge_prompt_is_refused_before_it_is_rendered_or_tokenized(make_engine: Any) -> None:
+    engine = make_engine("small", max_context=64)
+    encode = engine.tokenizer.encode
+    calls: list[int] = []
+    engine.tokenizer.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    huge = "x" * (engine.max_text_chars + 1)
+    with pytest.raises(PromptTooLongError, match=r"characters; small has a context of 64 tokens"):
+        step(engine, session_id="huge", messages=({"role": "user", "content": huge},), generate=greedy(4))
+    assert calls == [] and "huge" not in engine.sessions and engine.queued == 0
+    # The bound is safe: no vocabulary entry is longer than the per-token characters it assumes.
+    assert engine.max_text_chars >= 64 * max(len(t) for t in engine.tokenizer.get_vocab())
+
+
+@pytest.mark.parametrize("policy", ["small", "entropy"])
+def test_thinking_that_fills_the_context_ends_in_an_answer_not_an_error(make_engine: Any, policy: str) -> None:
+    # The tiny models never close their thinking: with a prompt near the small model's context
+    # (1024 tokens), the thinking fills it within a few steps.
+    small, large = make_engine("small"), make_engine("large")
+    params = PARAMS.replace(step_max_tokens=12, thinking_budget=5000, answer_max_tokens=8)
+    messages = [{"role": "user", "content": "a" * 990}]
+    result = asyncio.run(Collaborator(small, large, params).run(messages, policy=policy, threshold=3.2))
+    assert result.stop_reason == "context"
+    assert result.steps[-1].context_tokens + result.steps[-1].tokens <= small.max_context
+    if policy == "small":
+        # The small model answers, and its context is full: an empty answer cut by length.
+        assert result.answer == "" and result.answer_record.finish_reason == "length"
+    else:
+        # The large model (BPE, fewer tokens for the same text) has room to answer.
+        assert result.answer_record.tokens > 0 and result.answer_record.model == "large"
+
+
 def test_generation_is_capped_by_the_context(make_engine: Any) -> None:
     engine = make_engine("small", max_context=40)
     result = step(engine, session_id="s", prompt="hello", generate=greedy(500))
