@@ -40,7 +40,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ray = pytest.importorskip("ray")
     from cluster.local import start_local_cluster
 
-    cluster = start_local_cluster(temp_dir=str(tmp_path_factory.mktemp("ray")))
+    try:
+        cluster = start_local_cluster(temp_dir=str(tmp_path_factory.mktemp("ray")))
+    except Exception as exc:  # every Ray test errors with this one line, not 29 tracebacks
+        pytest.fail(f"the local Ray cluster for the tests did not start: {type(exc).__name__}: {exc}", pytrace=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
