@@ -73,8 +73,7 @@ class ModelServer:
         return stats
 
     def check_health(self) -> None:
-        thread = self.engine._thread
-        if thread is not None and not thread.is_alive():
+        if not self.engine.alive:
             raise RuntimeError("engine worker thread is not running")
 
     def __del__(self) -> None:

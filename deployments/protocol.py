@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from glimp_ray.policies import RandomP
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 
@@ -67,7 +69,7 @@ class GlimpOptions(_Wire):
     threshold: float | None = Field(None, description="τ for this request.")
     policy: Literal["entropy", "small", "large", "random"] | None = None
     mode: Literal["fused", "paper"] | None = None
-    random_p: float | None = Field(None, ge=0, le=1)
+    random_p: RandomP | None = None
     thinking_budget: int | None = Field(None, ge=1)
     step_max_tokens: int | None = Field(None, ge=1)
     return_trace: bool = Field(False, description="Include the per-step trace in the response.")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from glimp_ray.engine.base import PromptTooLongError, StepClient
-from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, make_policy
+from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, check_random_p, make_policy
 from glimp_ray.types import (
     EntropyKind,
     FinishReason,
@@ -73,8 +73,7 @@ class CollabParams:
         for name in ("step_max_tokens", "thinking_budget", "answer_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.random_p <= 1:
-            raise ValueError(f"random_p must be in [0, 1], got {self.random_p}")
+        check_random_p(self.random_p)
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold}")
         if any(not isinstance(s, str) or not s for s in self.stop):

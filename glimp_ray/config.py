@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
+from glimp_ray.policies import RandomP
 
 
 class _Strict(BaseModel):
@@ -63,7 +64,7 @@ class RoutingConfig(_Strict):
     threshold: float = Field(1.0, description="τ: steps whose glimpse entropy (nats) exceeds it go large.")
     entropy: Literal["full", "topk"] = Field("full", description="Entropy over the full vocabulary or top-k.")
     top_k: int = Field(20, ge=1, description="k for top-k entropy (renormalised).")
-    random_p: float = Field(0.25, ge=0, le=1, description="Large-step probability of the random policy.")
+    random_p: RandomP = Field(0.25, description="Large-step probability of the random policy.")
 
 
 class SamplingConfig(_Strict):

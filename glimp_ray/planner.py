@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from glimp_ray.eval.metrics import percentile, quantile_threshold
+from glimp_ray.policies import routes_large
 from glimp_ray.tracing import SPAN_ANSWER, SPAN_REQUEST, SPAN_STEP
 
 
@@ -104,14 +105,16 @@ def calibrate(
     report: dict[str, Any] = {
         "threshold": tau,
         "target_large_fraction": target_large_fraction,
-        "predicted_large_fraction": sum(e > tau for e in values) / len(values),
+        "predicted_large_fraction": sum(routes_large(e, tau) for e in values) / len(values),
         "steps": len(values),
     }
     if validation is not None:
         held_out = entropies(validation)
         report["validation"] = {
             "steps": len(held_out),
-            "large_fraction_at_threshold": sum(e > tau for e in held_out) / len(held_out) if held_out else None,
+            "large_fraction_at_threshold": sum(routes_large(e, tau) for e in held_out) / len(held_out)
+            if held_out
+            else None,
             "observed_large_fraction": observed_large_fraction(validation),
         }
     return report
@@ -173,7 +176,7 @@ def demand(requests: Sequence[TracedRequest], rates: PoolRates, threshold: float
             if threshold is None or s.entropy is None:
                 route = s.route
             else:
-                route = "large" if s.entropy > threshold else "small"
+                route = "large" if routes_large(s.entropy, threshold) else "small"
             per_token = rates.small_s_per_token if route == "small" else rates.large_s_per_token
             work[route] += s.tokens * per_token
             tokens[route] += s.tokens

@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
+
+from pydantic import AfterValidator
 
 Route = Literal["small", "large"]
 SMALL: Route = "small"
 LARGE: Route = "large"
 PolicyName = Literal["entropy", "small", "large", "random"]
 POLICY_NAMES: tuple[PolicyName, ...] = ("entropy", "small", "large", "random")
+
+
+def routes_large(entropy: float, threshold: float) -> bool:
+    """GlimpRouter's rule, defined once: a step whose glimpse entropy exceeds τ goes large."""
+    return entropy > threshold
+
+
+def check_random_p(p: float) -> float:
+    """The random baseline's large-step probability, in [0, 1]."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"random_p must be in [0, 1], got {p}")
+    return p
+
+
+# The same range check for config files and the HTTP API.
+RandomP = Annotated[float, AfterValidator(check_random_p)]
 
 
 class RoutingPolicy(Protocol):
@@ -38,7 +56,7 @@ class EntropyPolicy:
     def __call__(self, entropy: float | None, rng: random.Random) -> Route:
         if entropy is None:
             raise ValueError("the entropy policy needs the glimpse entropy")
-        return LARGE if entropy > self.threshold else SMALL
+        return LARGE if routes_large(entropy, self.threshold) else SMALL
 
 
 @dataclass(frozen=True)
@@ -60,8 +78,7 @@ class RandomPolicy:
     needs_glimpse: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.p <= 1:
-            raise ValueError(f"random_p must be in [0, 1], got {self.p}")
+        check_random_p(self.p)
 
     def __call__(self, entropy: float | None, rng: random.Random) -> Route:
         return LARGE if rng.random() < self.p else SMALL

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from glimp_ray.engine.base import PromptTooLongError
+from glimp_ray.policies import routes_large
 from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 
@@ -68,7 +69,7 @@ class ScriptedEngine:
         if request.glimpse is not None:
             entropy = scripted.entropy
             threshold = request.glimpse.threshold
-            if threshold is not None and entropy > threshold:
+            if threshold is not None and routes_large(entropy, threshold):
                 return self._result("", "routed", entropy, routed=True)
         if request.generate is None:
             return self._result("", "glimpse", entropy)

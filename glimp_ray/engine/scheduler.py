@@ -12,34 +12,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from glimp_ray.types import StepRequest, StepResult
+from glimp_ray.engine.sequence import DoneCallback, Sequence
 
-DoneCallback = Callable[[StepResult | BaseException], None]
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One request in flight, with the engine's per-request decoding state."""
-
-    request: StepRequest
-    on_done: DoneCallback
-    submitted: float = field(default_factory=time.perf_counter)
-    aborted: bool = False
-    session: Any = None
-    generated: list[int] = field(default_factory=list)
-    logits: Any = None
-    state: dict[str, Any] = field(default_factory=dict)
-    entropy: float | None = None
-    reused_tokens: int = 0
-    prefill_tokens: int = 0
-    context_tokens: int = 0
-    max_tokens: int = 0
-    admitted: float = 0.0
-    prefill_s: float = 0.0
-    decode_start: float = 0.0
+__all__ = ["DoneCallback", "Scheduler", "Sequence"]
 
 
 class Scheduler:

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from glimp_ray.collab import Collaborator, CollabParams
-from glimp_ray.engine.batch import DecodeBatch, batchable, prefill
+from glimp_ray.engine.decode_batch import DecodeBatch, batchable, prefill
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
 from tests.numeric import assert_logits_close, entropy_approx, tensors_close
@@ -284,15 +284,15 @@ def test_a_request_cancelled_during_a_prefill_never_leaves_an_orphan_row(make_en
         {"B": continuing, "C": StepRequest("c", prompt="a long prompt " * 5, generate=GenerateSpec(5, (), GREEDY))},
         out,
     )
-    prefills = engine._forward_prefills
+    prefills = engine.runner.prefill
 
-    def cancel_meanwhile(group: Any) -> None:
+    def cancel_meanwhile(group: Any, fail: Any) -> None:
         seqs["B"].aborted = True  # the caller goes away while C is prefilled
-        prefills(group)
+        prefills(group, fail)
 
-    engine._forward_prefills = cancel_meanwhile
+    engine.runner.prefill = cancel_meanwhile
     engine.run_once()
-    engine._forward_prefills = prefills
+    engine.runner.prefill = prefills
     drain(engine)
     assert isinstance(out["B"], asyncio.CancelledError)
     assert all(isinstance(out[k], StepResult) for k in ("O0", "O1", "C"))

@@ -12,6 +12,7 @@ import torch
 from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.base import EngineError, PromptTooLongError
 from glimp_ray.engine.recording import RecordingClient
+from glimp_ray.engine.stops import cut_step_text
 from glimp_ray.engine.text import render_prompt
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
@@ -287,5 +288,5 @@ def test_engine_survives_a_caller_whose_event_loop_is_gone(make_engine: Any) -> 
 
 def test_length_cut_leaves_out_an_incomplete_character(make_engine: Any) -> None:
     engine = make_engine("small")
-    text, reason = engine._cut("x \ufffd", [1, 2, 3], "length", (" ",), False)
+    text, reason = cut_step_text(engine.tokenizer, "x \ufffd", [1, 2, 3], "length", (" ",), "</think>", False)
     assert (text, reason) == ("x ", "length")
