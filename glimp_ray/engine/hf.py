@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError
+from glimp_ray.engine.model_files import eos_ids, load_model, longest_token_chars, resolve_dtype
+from glimp_ray.engine.model_files import max_context as model_max_context
 from glimp_ray.engine.runner import ModelRunner
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
-from glimp_ray.engine.scheduler import Scheduler
+from glimp_ray.engine.scheduler import Scheduler, request_chars
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.engine.session import SessionCache
-from glimp_ray.engine.stops import REPLACEMENT, StopMatcher, cut_step_text
+from glimp_ray.engine.stops import StopMatcher, cut_step_text
 from glimp_ray.engine.text import decode_with_ends, render_prompt
 from glimp_ray.engine.worker import StepLoopEngine
 from glimp_ray.entropy import glimpse_entropy
@@ -32,16 +34,6 @@ from glimp_ray.policies import routes_large
 from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 _FEED_TOKENS = 4  # prefills this short ride the decode forwards (one token a turn)
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA and float32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 class HFEngine(StepLoopEngine):
@@ -77,15 +69,15 @@ class HFEngine(StepLoopEngine):
         self.replica = f"{name}@{os.getpid()}"
         self.think_start = think_start
         self.think_end = think_end
-        self.max_context = max_context or _max_context(model, tokenizer)
+        self.max_context = max_context or model_max_context(model, tokenizer)
         # No token covers more characters than its vocabulary entry has: a text longer than
         # max_context x this cannot fit, and is refused before it is rendered or tokenized.
-        self.max_text_chars = self.max_context * _longest_token_chars(tokenizer)
+        self.max_text_chars = self.max_context * longest_token_chars(tokenizer)
         self.sessions = SessionCache(max_sessions, max_cached_tokens)
-        self.scheduler = Scheduler(max_running)
         self.runner = ModelRunner(self.model, batching, max_batch_tokens)
+        self.scheduler = Scheduler(max_running, max_batch_tokens, self.sessions)
         self.device = self.runner.device
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.generated_tokens = 0  # every token sampled, for the service rate
         self._deferred_releases: set[str] = set()  # owned by the worker thread
 
@@ -101,19 +93,9 @@ class HFEngine(StepLoopEngine):
         **engine_kwargs: Any,
     ) -> HFEngine:
         """Load a causal LM and its tokenizer from a local directory or hub id."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if (os.path.isabs(model) or model.startswith(".")) and not os.path.isdir(model):
-            raise EngineError(f"cannot load model {model!r}: no such directory")
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
-            lm = AutoModelForCausalLM.from_pretrained(
-                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
-            )
-        except OSError as exc:
-            raise EngineError(f"cannot load model {model!r}: {exc}") from exc
+        lm, tok = load_model(model, tokenizer, device, dtype, trust_remote_code)
         engine_kwargs.setdefault("name", os.path.basename(os.path.normpath(model)))
-        return cls(lm.to(device), tok, **engine_kwargs)  # type: ignore[arg-type]
+        return cls(lm, tok, **engine_kwargs)
 
     # -- views kept for callers, benchmarks and tests ----------------------------------
 
@@ -171,9 +153,9 @@ class HFEngine(StepLoopEngine):
         """Admit and prefill waiting requests, then decode one token for each running one."""
         prepared = []
         # One at a time: each admission sees the context of those admitted before it.
-        while admitted := self.scheduler.admit(self._is_busy, self._has_room, limit=1):
-            if self._guarded(admitted[0], self._prepare):
-                prepared.append(admitted[0])
+        while seq := self.scheduler.admit_one():
+            if self._guarded(seq, self._prepare):
+                prepared.append(seq)
         # Cancelled requests stop here, before any forward (a cancel can come at any time;
         # one that comes later is seen at the next turn).
         for seq in list(self.scheduler.running):
@@ -204,31 +186,9 @@ class HFEngine(StepLoopEngine):
                 self._guarded(seq, self._glimpse)
         self._flush_leaves()  # a request can end at its glimpse: its session is free at once
 
-    def _is_busy(self, session_id: str) -> bool:
-        session = self.sessions.peek(session_id)
-        return session is not None and session.busy
-
     def _prefills_by_decode(self, seq: Sequence) -> bool:
         session = seq.live_session
         return 0 < len(seq.prefill) <= _FEED_TOKENS and session.kv_len > 0 and session.cache is not None
-
-    def _has_room(self, candidate: Sequence) -> bool:
-        """Whether the running requests and ``candidate``, padded to the longest, stay within
-        ``max_batch_tokens`` KV positions (what the decode batch will hold)."""
-        running = self.scheduler.running
-        longest = max((seq.context_len for seq in running), default=0)
-        longest = max(longest, self._context_estimate(candidate))
-        return (len(running) + 1) * longest <= self.runner.max_batch_tokens
-
-    def _context_estimate(self, seq: Sequence) -> int:
-        """An upper bound on the tokens a request brings, before it is tokenized: at most one
-        per character of its text, and at most its session's tokens plus the transcript."""
-        request = seq.request
-        estimate = request_chars(request)
-        session = self.sessions.peek(request.session_id)
-        if session is not None and session.tokens:
-            estimate = min(estimate, len(session.tokens) + len(request.transcript))
-        return estimate
 
     def _guarded(self, seq: Sequence, work: Any) -> bool:
         """Run ``work(seq)``; an error fails that request alone. True when it returned true."""
@@ -398,39 +358,4 @@ class HFEngine(StepLoopEngine):
         self.sessions.evict()
 
 
-def request_chars(request: StepRequest) -> int:
-    """Characters of a request's text (prompt or message contents, and transcript)."""
-    chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
-    return chars + len(request.transcript)
-
-
-def _longest_token_chars(tokenizer: Any) -> int:
-    """The longest vocabulary entry in characters: an upper bound on the text one token decodes
-    to (byte-level entries spell each byte as one character)."""
-    try:
-        vocab = tokenizer.get_vocab()
-    except Exception:
-        return 1 << 10
-    return max((len(token) for token in vocab), default=1) or 1
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
-
-
-def _max_context(model: Any, tokenizer: Any) -> int:
-    value = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(value, int) and value > 0:
-        return value
-    value = getattr(tokenizer, "model_max_length", None)
-    return value if isinstance(value, int) and 0 < value < 1 << 30 else 1 << 20
-
-
-__all__ = ["REPLACEMENT", "HFEngine", "request_chars", "resolve_dtype"]
+__all__ = ["HFEngine", "request_chars", "resolve_dtype"]

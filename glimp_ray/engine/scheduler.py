@@ -1,10 +1,11 @@
 """Request queue and admission, in the manner of nano-vllm's scheduler.
 
 Requests wait in FIFO order and are admitted while fewer than ``max_running`` are in
-flight and the engine has room (its decode batch's memory bound). A request whose session is
-busy (another call for the same session is running) waits without blocking the requests
-behind it, so nothing starves: running requests finish within their token budget, which
-frees a place for the oldest waiting one.
+flight and the decode batch has room: running requests and the candidate, padded to the
+longest, within ``max_batch_tokens`` KV positions. A request whose session is busy (another call
+for the same session is running) waits without blocking the requests behind it, so nothing
+starves: running requests finish within their token budget, which frees a place for the oldest
+waiting one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 
 from glimp_ray.engine.sequence import DoneCallback, Sequence
+from glimp_ray.engine.session import SessionCache
+from glimp_ray.types import StepRequest
 
 __all__ = ["DoneCallback", "Scheduler", "Sequence"]
 
@@ -21,10 +24,14 @@ __all__ = ["DoneCallback", "Scheduler", "Sequence"]
 class Scheduler:
     """Waiting queue and running set; the engine's step loop drives it."""
 
-    def __init__(self, max_running: int):
+    def __init__(self, max_running: int, max_batch_tokens: int = 1 << 62, sessions: SessionCache | None = None):
         if max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {max_running}")
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.max_running = max_running
+        self.max_batch_tokens = max_batch_tokens
+        self.sessions = sessions
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -64,3 +71,35 @@ class Scheduler:
 
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)
+
+    def admit_one(self) -> Sequence | None:
+        """The oldest admissible request, moved to running: one at a time, so each admission
+        sees the context of those admitted before it."""
+        admitted = self.admit(self.session_busy, self.has_room, limit=1)
+        return admitted[0] if admitted else None
+
+    def session_busy(self, session_id: str) -> bool:
+        session = self.sessions.peek(session_id) if self.sessions is not None else None
+        return session is not None and session.busy
+
+    def has_room(self, candidate: Sequence) -> bool:
+        """Whether the running requests and ``candidate``, padded to the longest, stay within
+        ``max_batch_tokens`` KV positions (what the decode batch will hold)."""
+        longest = max((seq.context_len for seq in self.running), default=0)
+        longest = max(longest, self.context_estimate(candidate.request))
+        return (len(self.running) + 1) * longest <= self.max_batch_tokens
+
+    def context_estimate(self, request: StepRequest) -> int:
+        """An upper bound on the tokens a request brings, before it is tokenized: at most one
+        per character of its text, and at most its session's tokens plus the transcript."""
+        estimate = request_chars(request)
+        session = self.sessions.peek(request.session_id) if self.sessions is not None else None
+        if session is not None and session.tokens:
+            estimate = min(estimate, len(session.tokens) + len(request.transcript))
+        return estimate
+
+
+def request_chars(request: StepRequest) -> int:
+    """Characters of a request's text (prompt or message contents, and transcript)."""
+    chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
+    return chars + len(request.transcript)
