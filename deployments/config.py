@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from glimp_ray.config import GlimpConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from glimp_ray.config import GlimpConfig, StrictModel
 
 
-class PoolDeployment(_Strict):
+class PoolDeployment(StrictModel):
     """Replicas, resources and placement of one model pool."""
 
     @field_validator("logging_config")
@@ -75,7 +71,7 @@ class PoolDeployment(_Strict):
         return options
 
 
-class RouterDeployment(_Strict):
+class RouterDeployment(StrictModel):
     """The HTTP ingress."""
 
     num_replicas: int = Field(1, ge=1, description="Router replicas.")
@@ -83,7 +79,7 @@ class RouterDeployment(_Strict):
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests per router replica.")
 
 
-class TracingConfig(_Strict):
+class TracingConfig(StrictModel):
     """Where the router's spans go (a span per request, per step and for the answer)."""
 
     exporter: Literal["none", "console", "otlp", "jsonl"] = Field("none", description="Span exporter.")
@@ -96,7 +92,7 @@ class TracingConfig(_Strict):
         return self
 
 
-class RequestLimits(_Strict):
+class RequestLimits(StrictModel):
     """What one request may ask for; checked by the router before any model is called."""
 
     max_request_bytes: int = Field(
@@ -112,7 +108,7 @@ class RequestLimits(_Strict):
     )
 
 
-class ServingConfig(_Strict):
+class ServingConfig(StrictModel):
     """How the application is exposed and how it reacts to failing pools."""
 
     model_name: str = Field("glimp-router", min_length=1, description="The model id in /v1/models.")

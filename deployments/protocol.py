@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from glimp_ray.policies import RandomP
 
@@ -208,6 +208,125 @@ class CompletionRequest(_Request):
         return len(self.prompt_text())
 
 
+# --- responses ----------------------------------------------------------------------------
+
+# Optional fields left out of the JSON when absent; every other field is always written (a
+# chunk's ``finish_reason`` is null until the last one, as OpenAI sends it).
+_OMITTED_WHEN_NONE = frozenset({"usage", "glimp", "glimp_step", "role", "content", "reasoning_content"})
+
+
+class _Response(BaseModel):
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in _OMITTED_WHEN_NONE}
+
+
+class UsageInfo(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+class AssistantMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    reasoning_content: str | None = Field(None, description="The thinking (vLLM's reasoning-parser field).")
+
+
+class ChatChoice(_Response):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(_Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: now())
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    # --- extensions -------------------------------------------------------------
+    glimp: dict[str, Any] | None = Field(None, description="The per-step trace, with glimp.return_trace.")
+
+
+class DeltaMessage(_Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChatChunkChoice(_Response):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None
+    # --- extensions -------------------------------------------------------------
+    glimp: dict[str, Any] | None = None
+    glimp_step: dict[str, Any] | None = Field(None, description="The step's record, with glimp.return_trace.")
+
+
+class CompletionChoice(_Response):
+    index: int = 0
+    text: str
+    reasoning_content: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionResponse(_Response):
+    """A completion, or one chunk of a streamed one (OpenAI uses one object type for both)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: now())
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+    # --- extensions -------------------------------------------------------------
+    glimp: dict[str, Any] | None = None
+    glimp_step: dict[str, Any] | None = None
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: now())
+    owned_by: str = "glimp-ray"
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(_Response):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Response):
+    error: ErrorInfo
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -216,13 +335,6 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request
@@ -25,18 +25,28 @@ from starlette.exceptions import HTTPException
 
 from deployments.config import AppConfig
 from deployments.metrics import RouterMetrics
-from deployments.pool_client import FallbackStepClient, PoolUnavailableError, ServeStepClient
 from deployments.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
     CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+    UsageInfo,
     error_body,
     new_id,
     now,
-    usage,
 )
 from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.engine.base import PromptTooLongError
+from glimp_ray.pool_clients import FallbackStepClient, PoolUnavailableError, ServeStepClient
 from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
@@ -88,7 +98,7 @@ def _validation_message(errors: Any) -> tuple[str, str | None]:
     return (f"{param}: {error['msg']}" if param else str(error["msg"])), param
 
 
-def _finish_reason(result: CollabResult) -> str:
+def _finish_reason(result: CollabResult) -> Literal["stop", "length"]:
     return "length" if result.answer_record.finish_reason == "length" else "stop"
 
 
@@ -193,12 +203,9 @@ class GlimpRouter:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    def _model_card(self) -> dict[str, Any]:
-        return {"id": self.model_name, "object": "model", "created": now(), "owned_by": "glimp-ray"}
-
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_card()]}
+        return ModelList(data=[ModelCard(id=self.model_name)]).model_dump()
 
     @app.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str) -> dict[str, Any]:
@@ -206,7 +213,7 @@ class GlimpRouter:
             raise APIError(
                 404, f"model {model_id!r} does not exist", "invalid_request_error", "model", "model_not_found"
             )
-        return self._model_card()
+        return ModelCard(id=self.model_name).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> Any:
@@ -306,7 +313,6 @@ class GlimpRouter:
             with request_span(self.tracer, request_id, params, _trace_headers(raw)) as span:
                 async for event in events:
                     span.observe(event)
-                    self.metrics.observe(event)
                     self._measure(event)
                     yield event
         except Exception as exc:
@@ -317,10 +323,11 @@ class GlimpRouter:
 
     def _measure(self, event: StepRecord | CollabResult) -> None:
         now = time.monotonic()
-        record = event if isinstance(event, StepRecord) else event.answer_record
-        self.demand.generated(now, "small" if record.fell_back else record.model, record.tokens)
-        if isinstance(event, CollabResult):
-            self.demand.finished(now, event.completion_tokens)
+        if isinstance(event, StepRecord):
+            self.demand.observe(now, event)
+        else:
+            self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)
+        self.metrics.observe(event, self.demand.load(now))
 
     async def _guard(self, awaitable: Any, param: str = "messages") -> Any:
         try:
@@ -346,83 +353,63 @@ class GlimpRouter:
             yield event
 
     def _complete(self, body: Any, request_id: str, result: CollabResult, chat: bool) -> dict[str, Any]:
+        trace = _trace(result) if body.glimp.return_trace else None
+        usage = UsageInfo.of(result.prompt_tokens, result.completion_tokens)
+        finish = _finish_reason(result)
+        response: ChatCompletionResponse | CompletionResponse
         if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": result.answer,
-                    "reasoning_content": result.reasoning,
-                },
-                "finish_reason": _finish_reason(result),
-            }
+            message = AssistantMessage(content=result.answer, reasoning_content=result.reasoning)
+            choice = ChatChoice(message=message, finish_reason=finish)
+            response = ChatCompletionResponse(
+                id=request_id, model=self.model_name, choices=[choice], usage=usage, glimp=trace
+            )
         else:
-            choice = {
-                "index": 0,
-                "text": result.answer,
-                "reasoning_content": result.reasoning,
-                "finish_reason": _finish_reason(result),
-            }
-        response: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": now(),
-            "model": self.model_name,
-            "choices": [choice],
-            "usage": usage(result.prompt_tokens, result.completion_tokens),
-        }
-        if body.glimp.return_trace:
-            response["glimp"] = _trace(result)
-        return response
+            text = CompletionChoice(text=result.answer, reasoning_content=result.reasoning, finish_reason=finish)
+            response = CompletionResponse(
+                id=request_id, model=self.model_name, choices=[text], usage=usage, glimp=trace
+            )
+        return response.model_dump()
 
     async def _stream(
         self, body: Any, request_id: str, first: Any, events: AsyncGenerator[Any, None], chat: bool
     ) -> AsyncIterator[str]:
         created = now()
-        kind = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+        def chunk(
+            delta: DeltaMessage | None, finish: Any = None, usage: UsageInfo | None = None, **extensions: Any
+        ) -> str:
+            """One SSE event: a chat chunk, or a completion chunk (its text is the delta's content)."""
+            envelope: dict[str, Any] = {"id": request_id, "created": created, "model": self.model_name}
+            data: ChatCompletionChunk | CompletionResponse
             if chat:
-                choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+                choices = [ChatChunkChoice(delta=delta, finish_reason=finish)] if delta is not None else []
+                data = ChatCompletionChunk(**envelope, choices=choices, usage=usage, **extensions)
             else:
-                choice = {"index": 0, "text": (delta or {}).get("content", ""), "finish_reason": finish}
-                if delta and "reasoning_content" in delta:
-                    choice["reasoning_content"] = delta["reasoning_content"]
-            data = {
-                "id": request_id,
-                "object": kind,
-                "created": created,
-                "model": self.model_name,
-                "choices": [choice],
-                **extra,
-            }
-            return _sse(data)
+                texts = []
+                if delta is not None:
+                    part = CompletionChoice(
+                        text=delta.content or "", reasoning_content=delta.reasoning_content, finish_reason=finish
+                    )
+                    texts.append(part)
+                data = CompletionResponse(**envelope, choices=texts, usage=usage, **extensions)
+            return _sse(data.model_dump())
 
         try:
             if chat:
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk(DeltaMessage(role="assistant", content=""))
             event = first
             while True:
                 if isinstance(event, StepRecord):
                     # With return_trace, each step's record travels with its text (live trace).
-                    live: dict[str, Any] = {"glimp_step": event.to_dict()} if body.glimp.return_trace else {}
-                    yield chunk({"reasoning_content": event.text}, **live)
+                    live = event.to_dict() if body.glimp.return_trace else None
+                    yield chunk(DeltaMessage(reasoning_content=event.text), glimp_step=live)
                 else:
                     result: CollabResult = event
-                    yield chunk({"content": result.answer})
-                    extra = {"glimp": _trace(result)} if body.glimp.return_trace else {}
-                    yield chunk(None, _finish_reason(result), **extra)
+                    yield chunk(DeltaMessage(content=result.answer))
+                    trace = _trace(result) if body.glimp.return_trace else None
+                    yield chunk(DeltaMessage(), _finish_reason(result), glimp=trace)
                     if body.stream_options and body.stream_options.include_usage:
-                        yield _sse(
-                            {
-                                "id": request_id,
-                                "object": kind,
-                                "created": created,
-                                "model": self.model_name,
-                                "choices": [],
-                                "usage": usage(result.prompt_tokens, result.completion_tokens),
-                            }
-                        )
+                        yield chunk(None, usage=UsageInfo.of(result.prompt_tokens, result.completion_tokens))
                     break
                 event = await self._guard(events.__anext__())
         except APIError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,22 @@ class ServiceMeter:
 
 
 class DemandMeter:
-    """A router's request rate and routing ratio over a sliding window of ``window_s``."""
+    """A router's request rate and routing ratio over a sliding window of ``window_s``.
+
+    The one meter of the routing ratio: the autoscaling stats and the router's ratio gauge both
+    read it. Running totals make :meth:`load` cheap enough to call on every event. A step that
+    fell back to the small pool counts for the small pool (it is the small pool's load).
+    """
 
     def __init__(self, window_s: float = 30.0, start: float = 0.0):
         self.window_s = window_s
         self.start = start
         self.arrivals: deque[float] = deque()
-        self.steps: deque[tuple[float, str, int]] = deque()  # (time, pool, tokens)
+        self.steps: deque[tuple[float, str, int, bool]] = deque()  # (time, pool, tokens, thinking step)
         self.requests: deque[tuple[float, int]] = deque()  # (time, generated tokens)
+        self._tokens: dict[str, int] = {}
+        self._thinking_steps: dict[str, int] = {}
+        self._request_tokens = 0
         self.last_tokens_per_request = 0.0
         self.last_token_share: dict[str, float] = {}
         self.last_step_share: dict[str, float] = {}
@@ -173,27 +182,41 @@ class DemandMeter:
     def arrived(self, now: float) -> None:
         self.arrivals.append(now)
 
-    def generated(self, now: float, pool: str, tokens: int) -> None:
-        """A step or answer written by ``pool``."""
-        self.steps.append((now, pool, tokens))
+    def generated(self, now: float, pool: str, tokens: int, thinking: bool = True) -> None:
+        """A thinking step (or, with ``thinking=False``, an answer) written by ``pool``."""
+        self.steps.append((now, pool, tokens, thinking))
+        self._tokens[pool] = self._tokens.get(pool, 0) + tokens
+        if thinking:
+            self._thinking_steps[pool] = self._thinking_steps.get(pool, 0) + 1
 
     def finished(self, now: float, tokens: int) -> None:
         """A request finished having generated ``tokens`` in all (steps and answer)."""
         self.requests.append((now, tokens))
+        self._request_tokens += tokens
+
+    def observe(self, now: float, record: StepRecordLike, finished_tokens: int | None = None) -> None:
+        """A step's or an answer's record (``index`` -1); ``finished_tokens`` ends a request."""
+        self.generated(now, served_by(record), record.tokens, thinking=record.index >= 0)
+        if finished_tokens is not None:
+            self.finished(now, finished_tokens)
 
     def load(self, now: float) -> RouterLoad:
         """What this router saw; with no traffic in the window, the last ratio is kept."""
         horizon = now - self.window_s
         while self.arrivals and self.arrivals[0] < horizon:
             self.arrivals.popleft()
-        for events in (self.steps, self.requests):
-            while events and events[0][0] < horizon:
-                events.popleft()
+        while self.steps and self.steps[0][0] < horizon:
+            _, pool, tokens, thinking = self.steps.popleft()
+            self._tokens[pool] -= tokens
+            self._thinking_steps[pool] = self._thinking_steps.get(pool, 0) - thinking
+        while self.requests and self.requests[0][0] < horizon:
+            self._request_tokens -= self.requests.popleft()[1]
         if self.requests:
-            self.last_tokens_per_request = sum(t for _, t in self.requests) / len(self.requests)
+            self.last_tokens_per_request = self._request_tokens / len(self.requests)
         if self.steps:
-            self.last_token_share = _shares([(pool, tokens) for _, pool, tokens in self.steps])
-            self.last_step_share = _shares([(pool, 1) for _, pool, _ in self.steps])
+            self.last_token_share = _shares(self._tokens)
+        if any(self._thinking_steps.values()):
+            self.last_step_share = _shares(self._thinking_steps)
         return RouterLoad(
             request_rate=len(self.arrivals) / min(self.window_s, max(now - self.start, 1e-3)),
             tokens_per_request=self.last_tokens_per_request,
@@ -202,9 +225,24 @@ class DemandMeter:
         )
 
 
-def _shares(weights: list[tuple[str, int]]) -> dict[str, float]:
-    total = sum(w for _, w in weights)
-    shares: dict[str, float] = {}
-    for pool, w in weights:
-        shares[pool] = shares.get(pool, 0.0) + w
-    return {pool: w / total for pool, w in shares.items()} if total else {}
+class StepRecordLike(Protocol):
+    """What the meter reads of a :class:`~glimp_ray.collab.StepRecord`."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def fell_back(self) -> bool: ...
+
+
+def served_by(record: StepRecordLike) -> str:
+    """The pool whose replicas wrote the record (a fallback's is the small pool)."""
+    return "small" if record.fell_back else record.model
+
+
+def _shares(weights: dict[str, int]) -> dict[str, float]:
+    total = sum(weights.values())
+    return {pool: w / total for pool, w in weights.items() if w} if total else {}

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _batch(args: argparse.Namespace) -> int:
     import ray
 
-    from glimp_ray.batch import BatchColumns, merge_traces, run_batch
+    from glimp_ray.batch_job import BatchColumns, merge_traces, run_batch
 
     config = _load(args.config)
     if not Path(args.input).exists():

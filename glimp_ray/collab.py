@@ -120,6 +120,11 @@ class StepRecord:
     context_tokens: int = 0
     fell_back: bool = False
 
+    @property
+    def model_s(self) -> float:
+        """Seconds in the model (prefill and decode) for the call that wrote it."""
+        return self.prefill_s + self.decode_s
+
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 

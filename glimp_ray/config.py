@@ -17,11 +17,13 @@ from glimp_ray.demo import DEMO_MODELS
 from glimp_ray.policies import RandomP
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Config sections: unknown fields are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """One model of the pair and how its engine runs."""
 
     model: str = Field(description="Local HF model directory or hub id.")
@@ -52,7 +54,7 @@ class ModelConfig(_Strict):
         return kwargs
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(StrictModel):
     """Which model writes each step."""
 
     policy: Literal["entropy", "small", "large", "random"] = Field(
@@ -67,7 +69,7 @@ class RoutingConfig(_Strict):
     random_p: RandomP = Field(0.25, description="Large-step probability of the random policy.")
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(StrictModel):
     """Token sampling for every call (temperature 0 is greedy)."""
 
     temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature; 0 means greedy.")
@@ -75,7 +77,7 @@ class SamplingConfig(_Strict):
     seed: int | None = Field(None, description="Seed for reproducible sampling and random routing.")
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     """Step shape and token budgets."""
 
     delimiter: str = Field("\n\n", min_length=1, description="Text separating reasoning steps.")
@@ -87,7 +89,7 @@ class LimitsConfig(_Strict):
     )
 
 
-class GlimpConfig(_Strict):
+class GlimpConfig(StrictModel):
     """The whole file: both models, routing, sampling and limits."""
 
     small: ModelConfig = Field(

@@ -53,6 +53,29 @@ class JsonLinesSpanExporter(SpanExporter):
         pass
 
 
+class CollectingSpanExporter(SpanExporter):
+    """Keeps finished spans in memory by trace, as :func:`span_to_dict` dicts, until
+    :meth:`pop` takes a trace's spans (e.g. to write them with the request's result)."""
+
+    def __init__(self) -> None:
+        self._traces: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            for span in spans:
+                as_dict = span_to_dict(span)
+                self._traces.setdefault(as_dict["trace_id"], []).append(as_dict)
+        return SpanExportResult.SUCCESS
+
+    def pop(self, trace_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._traces.pop(trace_id, [])
+
+    def shutdown(self) -> None:
+        pass
+
+
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     context = span.get_span_context()
     parent = span.parent
@@ -100,7 +123,7 @@ def step_attributes(record: StepRecord, threshold: float | None) -> dict[str, An
         "glimp.glimpse.prefill_tokens": record.glimpse_prefill_tokens,
         "glimp.latency_s": record.latency_s,
         "glimp.glimpse_s": record.glimpse_s,
-        "glimp.model_s": record.prefill_s + record.decode_s,
+        "glimp.model_s": record.model_s,
         "glimp.queue_s": record.queue_s,
         "glimp.replica": record.replica,
         "glimp.fell_back": record.fell_back,
@@ -122,6 +145,11 @@ class RequestTrace:
         self.root = root
         self.params = params
         self.context = trace.set_span_in_context(root)
+
+    @property
+    def trace_id(self) -> str:
+        """The trace's id as :func:`span_to_dict` writes it."""
+        return f"{self.root.get_span_context().trace_id:032x}"
 
     def observe(self, event: StepRecord | CollabResult) -> None:
         threshold = self.params.threshold if self.params.policy == "entropy" else None

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("ray.data")
 
-from glimp_ray.batch import merge_traces, read_done_ids, run_batch  # noqa: E402
+from glimp_ray.batch_job import merge_traces, read_done_ids, run_batch  # noqa: E402
 from glimp_ray.planner import calibrate, requests_from_spans  # noqa: E402
 from glimp_ray.tracing import read_spans  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
@@ -50,7 +50,9 @@ def test_actor_mode_writes_results_errors_and_traces(
     first = results[0]
     assert {"answer", "reasoning", "trace", "prompt_tokens", "completion_tokens", "latency_s"} <= set(first)
     assert first["completion_tokens"] == sum(s["tokens"] for s in first["trace"]) + first["answer_tokens"]
-    assert 0 <= summary["large_step_fraction"] <= 1 and summary["tokens_per_s"] > 0
+    steps = [s for r in results for s in r["trace"]]
+    assert summary["steps"] == len(steps) and summary["tokens_per_s"] > 0
+    assert summary["large_step_fraction"] == sum(s["model"] == "large" for s in steps) / len(steps)
     # The traces feed the planner.
     merged = tmp_path / "spans.jsonl"
     assert merge_traces(str(out), str(merged)) > 0
@@ -108,7 +110,7 @@ def test_rows_travel_as_json_whatever_their_column_types() -> None:
     import numpy as np
     import pandas as pd
 
-    from glimp_ray.batch import _rows_as_json
+    from glimp_ray.batch_job import _rows_as_json
 
     batch = pd.DataFrame(
         {

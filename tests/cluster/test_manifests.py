@@ -37,8 +37,9 @@ def check_application(app: dict[str, Any]) -> AppConfig:
 def test_every_manifest_is_valid_yaml() -> None:
     files = sorted(CLUSTER.glob("*.yaml"))
     assert {f.name for f in files} == {"cluster.yaml", "rayservice.yaml"}
-    for path in files:
-        assert isinstance(yaml.safe_load(path.read_text()), dict)
+    launcher, service = (yaml.safe_load(path.read_text()) for path in files)
+    assert {"cluster_name", "provider", "available_node_types", "head_node_type"} <= set(launcher)
+    assert {"apiVersion", "kind", "metadata", "spec"} <= set(service)
 
 
 def test_rayservice_serve_config_validates_and_places_each_pool_on_its_group() -> None:

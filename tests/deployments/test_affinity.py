@@ -82,7 +82,7 @@ class KillAfterFirstStep:
 
 
 def test_a_replica_killed_between_steps_does_not_fail_the_request(serve_app: str) -> None:
-    from deployments.pool_client import ServeStepClient
+    from glimp_ray.pool_clients import ServeStepClient
 
     def pool(name: str) -> ServeStepClient:
         return ServeStepClient(serve.get_deployment_handle(name, app_name=APP), name, timeout_s=60, retries=6)

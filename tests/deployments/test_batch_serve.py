@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("ray.data")
 
-from glimp_ray.batch import run_batch  # noqa: E402
+from glimp_ray.batch_job import run_batch  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 from tests.deployments.conftest import APP_LIMITS  # noqa: E402
 from tests.test_batch import write_rows, written  # noqa: E402

@@ -13,6 +13,7 @@ pytest.importorskip("ray")
 from deployments.config import PoolDeployment  # noqa: E402
 from deployments.model_server import ModelServer  # noqa: E402
 from glimp_ray.engine.base import PromptTooLongError, StepRejected  # noqa: E402
+from glimp_ray.step_server import StepServer  # noqa: E402
 from glimp_ray.types import GenerateSpec, StepRequest, StepResult  # noqa: E402
 
 REQUEST = StepRequest("s1:small", prompt="hi", generate=GenerateSpec(4))
@@ -29,9 +30,10 @@ class Engine:
 
 
 def served(outcome: StepResult | Exception) -> Any:
-    """ModelServer.step on a stand-in replica (the class under Serve's decorator)."""
-    replica = type("Replica", (), {"engine": Engine(outcome)})()
-    return asyncio.run(ModelServer.func_or_class.step(replica, REQUEST))
+    """ModelServer.step (the class under Serve's decorator) on a replica with a stand-in engine."""
+    replica = StepServer.__new__(ModelServer.func_or_class)
+    replica.engine, replica.logger = Engine(outcome), logging.getLogger("ray.serve")  # as its __init__ sets
+    return asyncio.run(replica.step(REQUEST))
 
 
 def test_a_refused_step_is_one_warning_line_and_comes_back_as_a_value(caplog: pytest.LogCaptureFixture) -> None:

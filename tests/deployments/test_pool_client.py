@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("ray")
 from ray.exceptions import ActorDiedError  # noqa: E402
 
-from deployments.pool_client import FallbackStepClient, PoolUnavailableError, ServeStepClient  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
+from glimp_ray.pool_clients import FallbackStepClient, PoolUnavailableError, ServeStepClient  # noqa: E402
 from glimp_ray.types import GenerateSpec, StepRequest  # noqa: E402
 
 REQUEST = StepRequest("r1:large", prompt="hi", generate=GenerateSpec(4))

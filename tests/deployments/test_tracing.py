@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from glimp_ray.planner import calibrate, plan, requests_from_spans
+from glimp_ray.planner import calibrate, requests_from_spans
 from glimp_ray.tracing import read_spans
 
 
@@ -39,7 +39,13 @@ def test_router_spans_join_the_callers_trace_and_feed_the_planner(serve_app: str
         )
     ]
     assert routes == [s["model"] for s in steps]
-    # The planner reads the same file.
+    # The planner reads the same file and sees this request as the response described it.
     requests = requests_from_spans(read_spans(trace_file))
-    assert plan(requests, rps=1.0)["plans"][0]["small_replicas"] >= 1
-    assert 0 <= calibrate(requests, 0.25)["predicted_large_fraction"] <= 1
+    traced = next(r for r in requests if r.trace_id == trace_id)
+    assert [s.route for s in traced.steps] == [s["model"] for s in steps]
+    assert [s.tokens for s in traced.steps] == [s["tokens"] for s in steps]
+    assert [s.entropy for s in traced.steps] == [s["entropy"] for s in steps]
+    assert traced.answer_tokens == response.json()["glimp"]["answer"]["tokens"]
+    only_mine = calibrate([traced], 0.25)
+    entropies = sorted(s["entropy"] for s in steps)
+    assert only_mine["steps"] == len(steps) and min(entropies) <= only_mine["threshold"] <= max(entropies)

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from glimp_ray.collab import CollabResult
+from glimp_ray.tracing import CollectingSpanExporter, request_span
+
 RESULTS, ERRORS, TRACES = "results", "errors", "traces"
 
 
@@ -95,35 +101,6 @@ def row_inputs(row: dict[str, Any], columns: BatchColumns, max_prompt_chars: int
     return {"messages": [{"role": "user", "content": prompt}]}
 
 
-class EngineActor:
-    """One model in its own Ray actor, on its own resources (wrapped by ``ray.remote``)."""
-
-    def __init__(self, model: dict[str, Any]):
-        from glimp_ray.config import ModelConfig
-        from glimp_ray.engine.hf import HFEngine
-
-        self.engine = HFEngine.load(**ModelConfig.model_validate(model).engine_kwargs())
-
-    async def step(self, request: Any) -> Any:
-        return await self.engine.step(request)
-
-    async def release(self, session_id: str) -> None:
-        await self.engine.release(session_id)
-
-
-class ActorStepClient:
-    """The StepClient over an :class:`EngineActor` handle."""
-
-    def __init__(self, actor: Any):
-        self.actor = actor
-
-    async def step(self, request: Any) -> Any:
-        return await self.actor.step.remote(request)
-
-    async def release(self, session_id: str) -> None:
-        await self.actor.release.remote(session_id)
-
-
 class CollabWorker:
     """A Ray Data actor: runs the collaboration for each row of a batch, against the two
     engine actors of the job or the pools of a running Serve application."""
@@ -144,14 +121,20 @@ class CollabWorker:
         if serve_app:
             from ray import serve
 
-            from deployments.pool_client import ServeStepClient
+            from glimp_ray.pool_clients import ServeStepClient
 
             small: Any = ServeStepClient(serve.get_deployment_handle("SmallPool", app_name=serve_app), "small")
             large: Any = ServeStepClient(serve.get_deployment_handle("LargePool", app_name=serve_app), "large")
         else:
+            from glimp_ray.pool_clients import ActorStepClient
+
             assert pools is not None
             small, large = ActorStepClient(pools[0]), ActorStepClient(pools[1])
         self.collab = Collaborator(small, large, parsed.collab_params())
+        self.spans = CollectingSpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.tracer = provider.get_tracer("glimp_ray.batch_job")
         self.columns = columns
         self.max_prompt_chars = max_prompt_chars
         self.concurrency = concurrency
@@ -174,13 +157,23 @@ class CollabWorker:
 
     async def _run(self, row: dict[str, Any]) -> dict[str, Any]:
         row_id = str(row.get(self.columns.id))
+        request_id = f"batch-{row_id}-{uuid.uuid4().hex[:8]}"
+        trace_id = ""
         try:
             inputs = row_inputs(row, self.columns, self.max_prompt_chars)
-            result = await self.collab.run(request_id=f"batch-{row_id}-{uuid.uuid4().hex[:8]}", **inputs)
+            # The same spans as the router's (tracing's one schema), written with the row.
+            with request_span(self.tracer, request_id, self.collab.params) as span:
+                trace_id = span.trace_id
+                async for event in self.collab.stream(request_id=request_id, **inputs):
+                    span.observe(event)
+            result = event
+            assert isinstance(result, CollabResult)
         except Exception as exc:  # the job goes on; the row is reported
+            self.spans.pop(trace_id)
             return {"id": row_id, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "id": row_id,
+            "spans": self.spans.pop(trace_id),
             "answer": result.answer,
             "reasoning": result.reasoning,
             "trace": [
@@ -189,14 +182,14 @@ class CollabWorker:
                     "model": s.model,
                     "entropy": s.entropy,
                     "tokens": s.tokens,
-                    "model_s": s.prefill_s + s.decode_s,
+                    "model_s": s.model_s,
                     "glimpse_s": s.glimpse_s,
                 }
                 for s in result.steps
             ],
             "answer_model": result.answer_record.model,
             "answer_tokens": result.answer_record.tokens,
-            "answer_model_s": result.answer_record.prefill_s + result.answer_record.decode_s,
+            "answer_model_s": result.answer_record.model_s,
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "large_step_fraction": result.large_step_fraction,
@@ -220,60 +213,14 @@ def start_engine_actors(
     import ray
 
     from glimp_ray.config import GlimpConfig
+    from glimp_ray.step_server import StepServer
 
     parsed = GlimpConfig.model_validate(config)
-    remote = ray.remote(EngineActor)
+    remote = ray.remote(StepServer)
     return (
         remote.options(**{"num_cpus": 0.25, **(small_resources or {})}).remote(parsed.small.model_dump()),
         remote.options(**{"num_cpus": 0.25, **(large_resources or {})}).remote(parsed.large.model_dump()),
     )
-
-
-def spans_for(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The spans the planner reads, built from one result row's step records."""
-    root = uuid.uuid4().hex[:16]
-    spans = [
-        {
-            "name": "glimp.request",
-            "trace_id": root * 2,
-            "span_id": root,
-            "parent_span_id": None,
-            "attributes": {"glimp.request_id": record["id"], "glimp.latency_s": record["latency_s"]},
-        }
-    ]
-    for step in record["trace"]:
-        attributes = {
-            "glimp.step.index": step["index"],
-            "glimp.route": step["model"],
-            "glimp.tokens.generated": step["tokens"],
-            "glimp.model_s": step["model_s"],
-            "glimp.glimpse_s": step["glimpse_s"],
-        }
-        if step["entropy"] is not None:
-            attributes["glimp.entropy"] = step["entropy"]
-        spans.append(
-            {
-                "name": "glimp.step",
-                "trace_id": root * 2,
-                "span_id": uuid.uuid4().hex[:16],
-                "parent_span_id": root,
-                "attributes": attributes,
-            }
-        )
-    spans.append(
-        {
-            "name": "glimp.answer",
-            "trace_id": root * 2,
-            "span_id": uuid.uuid4().hex[:16],
-            "parent_span_id": root,
-            "attributes": {
-                "glimp.route": record["answer_model"],
-                "glimp.tokens.generated": record["answer_tokens"],
-                "glimp.model_s": record["answer_model_s"],
-            },
-        }
-    )
-    return spans
 
 
 def _write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -343,9 +290,8 @@ def run_batch(
         chunk = uuid.uuid4().hex[:12]
         if good:
             # Traces first: a crash between the two renames re-runs the rows, never loses them.
-            _write_atomically(
-                out / f"{TRACES}-{chunk}.jsonl", (json.dumps(s) + "\n" for r in good for s in spans_for(r))
-            )
+            spans = [span for r in good for span in r.pop("spans")]
+            _write_atomically(out / f"{TRACES}-{chunk}.jsonl", (json.dumps(s) + "\n" for s in spans))
             _write_atomically(out / f"{RESULTS}-{chunk}.jsonl", (json.dumps(r) + "\n" for r in good))
         if bad:
             _write_atomically(out / f"{ERRORS}-{chunk}.jsonl", (json.dumps(r) + "\n" for r in bad))

@@ -1,5 +1,6 @@
-"""The StepClient the loop uses on Ray Serve: a DeploymentHandle with session affinity,
-timeouts, retries when a replica dies, and an optional fallback pool."""
+"""StepClients over Ray, for the loop when its pools are remote: a Serve DeploymentHandle (with
+session affinity, timeouts, retries when a replica dies, and an optional fallback pool), or a
+plain Ray actor running a :class:`~glimp_ray.step_server.StepServer` (batch jobs)."""
 
 from __future__ import annotations
 
@@ -59,9 +60,7 @@ class ServeStepClient:
                 logger.warning("%s pool call failed (%s); retrying", self.name, type(exc).__name__)
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            if isinstance(result, StepRejected):
-                raise result.error()
-            return result  # type: ignore[no-any-return]
+            return unwrap(result)
         raise AssertionError("unreachable")
 
     async def release(self, session_id: str) -> None:
@@ -84,6 +83,26 @@ class ServeStepClient:
 
 async def _awaited(response: Any) -> Any:
     return await response
+
+
+def unwrap(result: StepResult | StepRejected) -> StepResult:
+    """A remote step's result; a rejection is raised here, as the engine would have."""
+    if isinstance(result, StepRejected):
+        raise result.error()
+    return result
+
+
+class ActorStepClient:
+    """The StepClient over a Ray actor handle of a :class:`~glimp_ray.step_server.StepServer`."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    async def step(self, request: StepRequest) -> StepResult:
+        return unwrap(await self.actor.step.remote(request))
+
+    async def release(self, session_id: str) -> None:
+        await self.actor.release.remote(session_id)
 
 
 class FallbackStepClient:

@@ -1,0 +1,86 @@
+"""One model's server: an engine behind the step calls of a pool, with its counters.
+
+The one server class: the Serve deployment (``deployments/model_server.py``) subclasses it, and
+the batch job runs it as a Ray actor. A request the engine refuses as the client's mistake comes
+back as a :class:`~glimp_ray.engine.base.StepRejected` value, so the replica does not log it as
+its own failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from glimp_ray.autoscaling import ServiceMeter
+from glimp_ray.config import ModelConfig
+from glimp_ray.engine.base import InvalidRequestError, StepRejected
+from glimp_ray.engine.hf import HFEngine
+from glimp_ray.types import StepRequest, StepResult
+
+
+class StepServer:
+    """Serves step requests for one model (``model`` is a :class:`ModelConfig` mapping)."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        metrics_window_s: float = 30.0,
+        replica: str | None = None,
+        logger: logging.Logger | None = None,
+    ):
+        config = ModelConfig.model_validate(model)
+        self.logger = logger or logging.getLogger(__name__)
+        self.service = ServiceMeter(metrics_window_s)
+        self.engine = HFEngine.load(**config.engine_kwargs())
+        if replica:
+            self.engine.replica = replica
+
+    async def step(self, request: StepRequest) -> StepResult | StepRejected:
+        """One step call; a request the engine refuses comes back as :class:`StepRejected`."""
+        try:
+            result = await self.engine.step(request)
+        except InvalidRequestError as exc:
+            self.logger.warning("step refused (%s): %s", request.session_id, exc)
+            return StepRejected.of(exc)
+        self.logger.debug(
+            "step %s: %s, %d tokens (%d reused, %d prefilled), queue %.3f s, model %.3f s",
+            request.session_id,
+            result.finish_reason,
+            result.generated_tokens,
+            result.reused_tokens,
+            result.prefill_tokens,
+            result.queue_s,
+            result.model_s,
+        )
+        return result
+
+    async def release(self, session_id: str) -> None:
+        await self.engine.release(session_id)
+
+    def counters(self) -> dict[str, Any]:
+        """Replica id and cache counters, for tests and debugging."""
+        return {
+            "replica": self.engine.replica,
+            "sessions": len(self.engine.sessions),
+            "cached_tokens": self.engine.sessions.cached_tokens,
+            "forwarded_tokens": self.engine.forwarded_tokens,
+            "generated_tokens": self.engine.generated_tokens,
+            "max_context": self.engine.max_context,
+        }
+
+    def service_stats(self) -> dict[str, float]:
+        """Service rate (tokens/s while busy) and queue, for the routing-ratio policy."""
+        self.service.add(time.monotonic(), self.engine.generated_tokens, self.engine.busy_s)
+        stats = {"queued": float(self.engine.queued)}
+        rate = self.service.rate()
+        if rate is not None:
+            stats["service_rate"] = rate
+        return stats
+
+    def check_health(self) -> None:
+        if not self.engine.alive:
+            raise RuntimeError("engine worker thread is not running")
+
+    def close(self) -> None:
+        self.engine.close()
