@@ -23,6 +23,9 @@ class Engine:
     def __init__(self, outcome: StepResult | Exception):
         self.outcome = outcome
 
+    def close(self) -> None:  # the replica closes its engine when it goes
+        pass
+
     async def step(self, request: StepRequest) -> StepResult:
         if isinstance(self.outcome, Exception):
             raise self.outcome
