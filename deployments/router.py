@@ -9,7 +9,6 @@ through a DeploymentHandle pinned to the request's session.
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -17,13 +16,12 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import StreamingResponse
 from ray import serve
-from starlette.exceptions import HTTPException
 
 from deployments.config import AppConfig
+from deployments.errors import APIError, api_error, install_error_handlers
+from deployments.limits import check_request, read_request
 from deployments.metrics import RouterMetrics
 from deployments.protocol import (
     AssistantMessage,
@@ -45,57 +43,14 @@ from deployments.protocol import (
 )
 from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
-from glimp_ray.engine.base import PromptTooLongError
-from glimp_ray.pool_clients import FallbackStepClient, PoolUnavailableError, ServeStepClient
+from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
 logger = logging.getLogger("ray.serve")
 RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
-_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.body = status, error_body(message, type_, param, code)
-
-
-@app.exception_handler(APIError)
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    if exc.status < 500:  # the client's mistake: one line, no traceback
-        logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
-    return JSONResponse(exc.body, status_code=exc.status)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own errors (unknown path, wrong method) in OpenAI's error shape."""
-    message = f"{request.method} {request.url.path}: {exc.detail}"
-    logger.warning("%s -> %d", message, exc.status_code)
-    body = error_body(message, _ERROR_TYPES.get(exc.status_code, "invalid_request_error"))
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-@app.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    message, param = _validation_message(exc.errors())
-    logger.warning("%s %s -> 400: %s", request.method, request.url.path, message)
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
-
-
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|function-.*|literal\[.*|.*\[.*)$")
-
-
-def _validation_message(errors: Any) -> tuple[str, str | None]:
-    """The first error as ``(message, param)``; param is the dotted path of the field."""
-    error = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    if error.get("type") == "json_invalid":
-        return "request body is not valid JSON (UTF-8, nesting within limits, no NaN or Infinity)", None
-    loc = [str(p) for p in error.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
-    param = ".".join(loc) or None
-    return (f"{param}: {error['msg']}" if param else str(error["msg"])), param
+install_error_handlers(app)
 
 
 def _finish_reason(result: CollabResult) -> Literal["stop", "length"]:
@@ -113,13 +68,6 @@ def _trace(result: CollabResult) -> dict[str, Any]:
         "steps": [s.to_dict() for s in result.steps],
         "answer": result.answer_record.to_dict(),
     }
-
-
-def _message(exc: BaseException) -> str:
-    """The original error's message: an error raised in a replica arrives wrapped by Ray
-    (its ``str`` is the replica's whole traceback)."""
-    cause = getattr(exc, "cause", None)
-    return str(cause) if isinstance(cause, BaseException) else str(exc)
 
 
 def _trace_headers(raw: Request) -> dict[str, str]:
@@ -217,72 +165,18 @@ class GlimpRouter:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> Any:
-        body = await self._parse(raw, ChatCompletionRequest)
+        body = await read_request(raw, ChatCompletionRequest, self.config.serving.request_limits)
         return await self._respond(body, {"messages": body.chat_messages()}, raw, chat=True)
 
     @app.post("/v1/completions")
     async def completions(self, raw: Request) -> Any:
-        body = await self._parse(raw, CompletionRequest)
+        body = await read_request(raw, CompletionRequest, self.config.serving.request_limits)
         return await self._respond(body, {"prompt": body.prompt_text()}, raw, chat=False)
-
-    async def _parse(self, raw: Request, model: type[RequestT]) -> RequestT:
-        """Read the body within ``max_request_bytes`` (413 past it, before any parsing), then
-        parse it strictly."""
-        limit = self.config.serving.request_limits.max_request_bytes
-        too_large = APIError(
-            413, f"request body is larger than {limit} bytes", "invalid_request_error", code="request_too_large"
-        )
-        declared = raw.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in raw.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        try:
-            return model.model_validate_json(bytes(body))
-        except ValidationError as exc:
-            message, param = _validation_message(exc.errors())
-            raise APIError(400, message, "invalid_request_error", param) from None
-
-    def _check(self, body: ChatCompletionRequest | CompletionRequest, chat: bool) -> None:
-        """What the model name, the request limits and the supported fields allow."""
-        if body.model != self.model_name:
-            raise APIError(
-                404,
-                f"model {body.model!r} does not exist; this server has {self.model_name!r}",
-                "invalid_request_error",
-                "model",
-                "model_not_found",
-            )
-        unsupported = body.unsupported()
-        if unsupported is not None:
-            raise APIError(400, unsupported[1], "invalid_request_error", unsupported[0], "unsupported_parameter")
-        caps = self.config.serving.request_limits
-        answer_field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-        for param, value, cap in (
-            (answer_field, body.answer_max_tokens, caps.max_answer_tokens),
-            ("glimp.thinking_budget", body.glimp.thinking_budget, caps.max_thinking_budget),
-            ("glimp.step_max_tokens", body.glimp.step_max_tokens, caps.max_step_tokens),
-        ):
-            if value is not None and value > cap:
-                raise APIError(
-                    400, f"{param} is {value}; this server allows at most {cap}", "invalid_request_error", param
-                )
-        if body.text_chars() > caps.max_prompt_chars:
-            raise APIError(
-                400,
-                f"the prompt is {body.text_chars()} characters; this server allows at most {caps.max_prompt_chars}",
-                "invalid_request_error",
-                "messages" if chat else "prompt",
-                "context_length_exceeded",
-            )
 
     async def _respond(
         self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], raw: Request, chat: bool
     ) -> Any:
-        self._check(body, chat)
+        check_request(body, self.model_name, self.config.serving.request_limits)
         overrides = body.overrides()
         try:
             params = self.collab.params.replace(**overrides)
@@ -334,15 +228,8 @@ class GlimpRouter:
             return await awaitable
         except (StopAsyncIteration, APIError):
             raise
-        except PromptTooLongError as exc:
-            raise APIError(400, _message(exc), "invalid_request_error", param, "context_length_exceeded") from None
-        except PoolUnavailableError as exc:
-            raise APIError(503, _message(exc), "service_unavailable", code="pool_unavailable") from None
-        except ValueError as exc:
-            raise APIError(400, _message(exc), "invalid_request_error") from None
-        except Exception as exc:  # anything else is the server's fault, still in OpenAI's shape
-            logger.exception("request failed")
-            raise APIError(500, f"{type(exc).__name__}: {_message(exc)}", "internal_error") from None
+        except Exception as exc:
+            raise api_error(exc, param) from None
 
     async def _guarded(self, events: AsyncIterator[Any], param: str) -> AsyncIterator[Any]:
         while True:

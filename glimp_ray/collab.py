@@ -9,172 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import math
 import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 from glimp_ray.engine.base import PromptTooLongError, StepClient
-from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, check_random_p, make_policy
-from glimp_ray.types import (
-    EntropyKind,
-    FinishReason,
-    GenerateSpec,
-    GlimpseSpec,
-    Message,
-    SamplingParams,
-    StepRequest,
-    StepResult,
-)
+from glimp_ray.params import AnswerModel, CollabParams, Mode
+from glimp_ray.policies import LARGE, SMALL, Route, make_policy
+from glimp_ray.records import CollabResult, StepRecord, StopReason, record_of
+from glimp_ray.types import GenerateSpec, GlimpseSpec, Message, SamplingParams, StepRequest, StepResult
 
-Mode = Literal["fused", "paper"]
-AnswerModel = Literal["auto", "small", "large"]
-StopReason = Literal["think_end", "eos", "repeat", "budget", "context"]
-
-
-@dataclass(frozen=True)
-class CollabParams:
-    """Everything that shapes one collaboration; per-request overrides via :meth:`replace`.
-
-    ``answer_model="auto"`` answers with the large model, except under the ``small``
-    policy, whose baseline never touches the large model. ``stop`` strings end the answer
-    (and are left out of it, as OpenAI does); they do not cut the thinking.
-    """
-
-    policy: str = "entropy"
-    mode: Mode = "fused"
-    threshold: float = 1.0
-    entropy: EntropyKind = "full"
-    top_k: int = 20
-    random_p: float = 0.25
-    delimiter: str = "\n\n"
-    step_max_tokens: int = 512
-    thinking_budget: int = 8192
-    answer_max_tokens: int = 2048
-    answer_model: AnswerModel = "auto"
-    stop: tuple[str, ...] = ()
-    temperature: float = 0.6
-    top_p: float = 0.95
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(f"policy must be one of {POLICY_NAMES}, got {self.policy!r}")
-        if self.mode not in ("fused", "paper"):
-            raise ValueError(f"mode must be 'fused' or 'paper', got {self.mode!r}")
-        if self.answer_model not in ("auto", "small", "large"):
-            raise ValueError(f"answer_model must be auto|small|large, got {self.answer_model!r}")
-        if not self.delimiter:
-            raise ValueError("delimiter must be non-empty")
-        for name in ("step_max_tokens", "thinking_budget", "answer_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_random_p(self.random_p)
-        if not math.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty strings")
-        # Checked here so a bad value fails before any model is called.
-        GlimpseSpec(self.entropy, self.top_k)
-        SamplingParams(self.temperature, self.top_p)
-
-    def replace(self, **overrides: object) -> CollabParams:
-        """A copy with ``overrides`` applied (``None`` values are ignored)."""
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    @property
-    def resolved_answer_model(self) -> Route:
-        if self.answer_model == "auto":
-            return SMALL if self.policy == "small" else LARGE
-        return self.answer_model
-
-
-@dataclass
-class StepRecord:
-    """One thinking step (or the answer, with ``index == -1``): the single source of truth."""
-
-    index: int
-    model: Route
-    text: str
-    entropy: float | None
-    tokens: int
-    finish_reason: FinishReason
-    latency_s: float
-    glimpse_s: float = 0.0
-    reused_tokens: int = 0
-    prefill_tokens: int = 0
-    queue_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    replica: str = ""
-    glimpse_replica: str = ""
-    glimpse_prefill_tokens: int = 0
-    context_tokens: int = 0
-    fell_back: bool = False
-
-    @property
-    def model_s(self) -> float:
-        """Seconds in the model (prefill and decode) for the call that wrote it."""
-        return self.prefill_s + self.decode_s
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class CollabResult:
-    """A whole response: the reasoning, the answer and the per-step records."""
-
-    request_id: str
-    reasoning: str
-    answer: str
-    steps: list[StepRecord]
-    answer_record: StepRecord
-    stop_reason: StopReason
-    latency_s: float
-    params: CollabParams = field(repr=False, default_factory=CollabParams)
-
-    @property
-    def large_step_fraction(self) -> float:
-        if not self.steps:
-            return 0.0
-        return sum(s.model == LARGE for s in self.steps) / len(self.steps)
-
-    @property
-    def thinking_tokens(self) -> int:
-        return sum(s.tokens for s in self.steps)
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.thinking_tokens + self.answer_record.tokens
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Prompt tokens as the first call's model counted them (the transcript was empty)."""
-        first = self.steps[0] if self.steps else self.answer_record
-        return first.context_tokens
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "request_id": self.request_id,
-            "reasoning": self.reasoning,
-            "answer": self.answer,
-            "stop_reason": self.stop_reason,
-            "latency_s": self.latency_s,
-            "large_step_fraction": self.large_step_fraction,
-            "thinking_tokens": self.thinking_tokens,
-            "completion_tokens": self.completion_tokens,
-            "steps": [s.to_dict() for s in self.steps],
-            "answer_record": self.answer_record.to_dict(),
-        }
+__all__ = ["AnswerModel", "CollabParams", "CollabResult", "Collaborator", "Mode", "StepRecord", "StopReason"]
 
 
 class Collaborator:
@@ -304,7 +150,7 @@ class _Run:
         else:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
-        return _record(index, route, result, entropy, latency, glimpse_s, glimpse)
+        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse)
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:
         p = self.params
@@ -351,7 +197,7 @@ class _Run:
                 raise
             # The thinking left no room for the answer: an empty answer cut by length.
             result = StepResult(token_ids=[], text="", finish_reason="length")
-        answer = _record(-1, answer_route, result, None, time.perf_counter() - t0, 0.0, None)
+        answer = record_of(-1, answer_route, result, None, time.perf_counter() - t0, 0.0, None)
         yield CollabResult(
             request_id=self.request_id,
             reasoning=self.transcript.rstrip(),
@@ -373,35 +219,3 @@ def _before_stop(text: str, stops: tuple[str, ...]) -> str:
     """``text`` up to the first stop string, which is left out."""
     cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
     return text[: min(cuts)] if cuts else text
-
-
-def _record(
-    index: int,
-    route: Route,
-    result: StepResult,
-    entropy: float | None,
-    latency_s: float,
-    glimpse_s: float,
-    glimpse: StepResult | None,
-) -> StepRecord:
-    """``glimpse`` is the separate small call (paper mode) or the routed fused call."""
-    return StepRecord(
-        index=index,
-        model=route,
-        text=result.text,
-        entropy=entropy,
-        tokens=result.generated_tokens,
-        finish_reason=result.finish_reason,
-        latency_s=latency_s,
-        glimpse_s=glimpse_s,
-        reused_tokens=result.reused_tokens,
-        prefill_tokens=result.prefill_tokens,
-        queue_s=result.queue_s,
-        prefill_s=result.prefill_s,
-        decode_s=result.decode_s,
-        replica=result.replica,
-        glimpse_replica=glimpse.replica if glimpse else "",
-        glimpse_prefill_tokens=glimpse.prefill_tokens if glimpse else 0,
-        context_tokens=result.context_tokens,
-        fell_back=result.fell_back,
-    )

@@ -83,7 +83,7 @@ def test_a_bad_logging_config_names_the_field() -> None:
 def test_the_router_logs_a_client_error_as_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
     from starlette.requests import Request
 
-    from deployments.router import APIError, _api_error
+    from deployments.errors import APIError, _api_error
 
     request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []})
     with caplog.at_level(logging.DEBUG, logger="ray.serve"):

@@ -1,0 +1,128 @@
+"""What the loop reports: one record per step (and the answer), and the whole result.
+
+The single source of truth for the API's trace, spans, metrics and the capacity planner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from glimp_ray.params import CollabParams
+from glimp_ray.policies import LARGE, Route
+from glimp_ray.types import FinishReason, StepResult
+
+StopReason = Literal["think_end", "eos", "repeat", "budget", "context"]
+
+
+@dataclass
+class StepRecord:
+    """One thinking step (or the answer, with ``index == -1``): the single source of truth."""
+
+    index: int
+    model: Route
+    text: str
+    entropy: float | None
+    tokens: int
+    finish_reason: FinishReason
+    latency_s: float
+    glimpse_s: float = 0.0
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    replica: str = ""
+    glimpse_replica: str = ""
+    glimpse_prefill_tokens: int = 0
+    context_tokens: int = 0
+    fell_back: bool = False
+
+    @property
+    def model_s(self) -> float:
+        """Seconds in the model (prefill and decode) for the call that wrote it."""
+        return self.prefill_s + self.decode_s
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CollabResult:
+    """A whole response: the reasoning, the answer and the per-step records."""
+
+    request_id: str
+    reasoning: str
+    answer: str
+    steps: list[StepRecord]
+    answer_record: StepRecord
+    stop_reason: StopReason
+    latency_s: float
+    params: CollabParams = field(repr=False, default_factory=CollabParams)
+
+    @property
+    def large_step_fraction(self) -> float:
+        if not self.steps:
+            return 0.0
+        return sum(s.model == LARGE for s in self.steps) / len(self.steps)
+
+    @property
+    def thinking_tokens(self) -> int:
+        return sum(s.tokens for s in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.thinking_tokens + self.answer_record.tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens as the first call's model counted them (the transcript was empty)."""
+        first = self.steps[0] if self.steps else self.answer_record
+        return first.context_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "request_id": self.request_id,
+            "reasoning": self.reasoning,
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+            "latency_s": self.latency_s,
+            "large_step_fraction": self.large_step_fraction,
+            "thinking_tokens": self.thinking_tokens,
+            "completion_tokens": self.completion_tokens,
+            "steps": [s.to_dict() for s in self.steps],
+            "answer_record": self.answer_record.to_dict(),
+        }
+
+
+def record_of(
+    index: int,
+    route: Route,
+    result: StepResult,
+    entropy: float | None,
+    latency_s: float,
+    glimpse_s: float,
+    glimpse: StepResult | None,
+) -> StepRecord:
+    """``glimpse`` is the separate small call (paper mode) or the routed fused call."""
+    return StepRecord(
+        index=index,
+        model=route,
+        text=result.text,
+        entropy=entropy,
+        tokens=result.generated_tokens,
+        finish_reason=result.finish_reason,
+        latency_s=latency_s,
+        glimpse_s=glimpse_s,
+        reused_tokens=result.reused_tokens,
+        prefill_tokens=result.prefill_tokens,
+        queue_s=result.queue_s,
+        prefill_s=result.prefill_s,
+        decode_s=result.decode_s,
+        replica=result.replica,
+        glimpse_replica=glimpse.replica if glimpse else "",
+        glimpse_prefill_tokens=glimpse.prefill_tokens if glimpse else 0,
+        context_tokens=result.context_tokens,
+        fell_back=result.fell_back,
+    )
