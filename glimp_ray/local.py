@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from glimp_ray.collab import Collaborator
 from glimp_ray.config import GlimpConfig
-from glimp_ray.engine.hf import HFEngine
 
 
 def load_collaborator(config: GlimpConfig) -> Collaborator:
@@ -12,12 +11,13 @@ def load_collaborator(config: GlimpConfig) -> Collaborator:
 
     Call :func:`close_collaborator` (or let the process exit) to stop the engines.
     """
-    small = HFEngine.load(**config.small.engine_kwargs())
-    large = HFEngine.load(**config.large.engine_kwargs())
+    small = config.small.load_engine()
+    large = config.large.load_engine()
     return Collaborator(small, large, config.collab_params())
 
 
 def close_collaborator(collaborator: Collaborator) -> None:
     for client in collaborator.clients.values():
-        if isinstance(client, HFEngine):
-            client.close()
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()

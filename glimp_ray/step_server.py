@@ -15,7 +15,6 @@ from typing import Any
 from glimp_ray.autoscaling import ServiceMeter
 from glimp_ray.config import ModelConfig
 from glimp_ray.engine.base import InvalidRequestError, StepRejected
-from glimp_ray.engine.hf import HFEngine
 from glimp_ray.types import StepRequest, StepResult
 
 
@@ -32,7 +31,7 @@ class StepServer:
         config = ModelConfig.model_validate(model)
         self.logger = logger or logging.getLogger(__name__)
         self.service = ServiceMeter(metrics_window_s)
-        self.engine = HFEngine.load(**config.engine_kwargs())
+        self.engine = config.load_engine()
         if replica:
             self.engine.replica = replica
 

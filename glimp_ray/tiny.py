@@ -96,9 +96,10 @@ def build_tokenizer_from_corpus(  # type: ignore[no-untyped-def]
     return hf
 
 
-def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def build_tiny_pair(root: str | Path, seed: int = 0, head_dim: int | None = None) -> tuple[Path, Path]:
     """Write a small (Qwen2, ChatML, character-level) and a large (Llama, DeepSeek-style,
-    BPE) model under ``root``; returns their directories."""
+    BPE) model under ``root``; returns their directories. ``head_dim`` (e.g. 32, the smallest
+    vLLM's CPU attention runs) widens both models to that attention head size."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -122,11 +123,12 @@ def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
         DEEPSEEK_TEMPLATE,
     )
     torch.manual_seed(seed)
+    small_hidden, large_hidden = (32, 64) if head_dim is None else (4 * head_dim, 4 * head_dim)
     small = Qwen2ForCausalLM(
         Qwen2Config(
             vocab_size=len(small_tok),
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=small_hidden,
+            intermediate_size=2 * small_hidden,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -140,8 +142,8 @@ def build_tiny_pair(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     large = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(large_tok),
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=large_hidden,
+            intermediate_size=2 * large_hidden,
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=4,

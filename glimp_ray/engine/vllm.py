@@ -1,0 +1,300 @@
+"""The vLLM engine: step requests on vLLM's ``AsyncLLM`` (paged KV, prefix caching, continuous
+batching), behind the same :class:`~glimp_ray.engine.base.StepClient` contract as HFEngine.
+
+- **Glimpse**: the first token's top-k logprobs (vLLM's raw logprobs, before temperature),
+  renormalised: the paper's reference entropy. Full-vocabulary entropy is not available here.
+- **Fused mode**: the step streams; right after its first token, if the entropy exceeds τ the
+  request is aborted and ``routed`` returned (nothing else was generated). **Paper mode** sends a
+  separate 1-token request, as the reference code does.
+- **Sessions**: each session keeps the tokens it sent and generated (never re-tokenized, as in
+  HFEngine); vLLM's automatic prefix caching reuses their KV, and its per-request cached-token
+  count fills ``reused_tokens`` / ``prefill_tokens``. ``release`` forgets the tokens; the KV
+  blocks age out of vLLM's cache by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from typing import Any
+
+from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
+from glimp_ray.engine.model_files import eos_ids, longest_token_chars
+from glimp_ray.engine.scheduler import request_chars
+from glimp_ray.engine.session import SessionCache
+from glimp_ray.engine.stops import cut_step_text
+from glimp_ray.engine.text import decode_with_ends, render_prompt
+from glimp_ray.entropy import topk_entropy
+from glimp_ray.policies import routes_large
+from glimp_ray.types import FinishReason, StepRequest, StepResult
+
+
+def logprobs_entropy(logprobs: dict[int, Any], k: int) -> float:
+    """Entropy of the ``k`` most likely first tokens, renormalised, from vLLM's logprobs of one
+    position (the sampled token may be an extra entry beyond the top k)."""
+    import torch
+
+    values = torch.tensor([float(getattr(lp, "logprob", lp)) for lp in logprobs.values()], dtype=torch.float64)
+    return float(topk_entropy(values, k))
+
+
+class VLLMEngine:
+    """Serves :class:`StepRequest` s with vLLM's ``AsyncLLM``."""
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        think_start: str = "<think>",
+        think_end: str = "</think>",
+        max_context: int,
+        eos_ids: frozenset[int] = frozenset(),
+        max_sessions: int = 256,
+        max_cached_tokens: int = 1_000_000,
+    ):
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.name = name
+        self.replica = f"{name}@{os.getpid()}"
+        self.think_start = think_start
+        self.think_end = think_end
+        self.max_context = max_context
+        self.max_text_chars = max_context * longest_token_chars(tokenizer)
+        self.sessions = SessionCache(max_sessions, max_cached_tokens)
+        self.eos_ids = eos_ids
+        self.generated_tokens = 0
+        self.forwarded_tokens = 0  # prompt tokens vLLM did not find in its prefix cache, plus decodes
+        self.busy_s = 0.0
+        self._running = 0
+        self._busy_since = 0.0
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        name: str | None = None,
+        dtype: str = "auto",
+        think_start: str = "<think>",
+        think_end: str = "</think>",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        max_num_seqs: int = 32,
+        enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
+        trust_remote_code: bool = False,
+        max_sessions: int = 256,
+        max_cached_tokens: int = 1_000_000,
+    ) -> VLLMEngine:
+        """Start an ``AsyncLLM`` (its engine core runs in a process of its own) with prefix caching."""
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model,
+            tokenizer=tokenizer or model,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_num_seqs=max_num_seqs,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+            enable_prefix_caching=True,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        try:
+            generation: Any = GenerationConfig.from_pretrained(model)
+        except OSError:
+            generation = None
+        facts = type("ModelFacts", (), {"config": config, "generation_config": generation})()
+        return cls(
+            llm,
+            tok,
+            name=name or os.path.basename(os.path.normpath(model)),
+            think_start=think_start,
+            think_end=think_end,
+            max_context=llm.model_config.max_model_len,
+            eos_ids=eos_ids(facts, tok),
+            max_sessions=max_sessions,
+            max_cached_tokens=max_cached_tokens,
+        )
+
+    @property
+    def queued(self) -> int:
+        """Requests in flight on this engine."""
+        return self._running
+
+    @property
+    def alive(self) -> bool:
+        return self.llm is not None and not getattr(self.llm, "errored", False)
+
+    async def release(self, session_id: str) -> None:
+        self.sessions.release(session_id)
+
+    def close(self) -> None:
+        """Stop vLLM's engine core (its process); the engine serves nothing after this."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.shutdown()
+            del llm  # collected now, not at interpreter exit when vLLM's own __del__ fails
+
+    async def step(self, request: StepRequest) -> StepResult:
+        chars = request_chars(request)
+        if chars > self.max_text_chars:
+            raise PromptTooLongError(
+                f"prompt and transcript are {chars} characters; {self.name} has a context of "
+                f"{self.max_context} tokens (at most {self.max_text_chars} characters)"
+            )
+        session = self.sessions.get(request.session_id)
+        text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
+        kept = session.match(text)
+        new_text = text[len(session.text) :]
+        if new_text:  # only text this session has not seen is tokenized
+            ids = self.tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
+            session.append(ids, new_text, [len(new_text)] * len(ids))
+        prompt = list(session.tokens)
+        if not prompt:
+            raise InvalidRequestError("empty prompt")
+        if len(prompt) >= self.max_context:
+            self.sessions.release(request.session_id)
+            raise PromptTooLongError(
+                f"prompt and transcript are {len(prompt)} tokens; {self.name} has a context of {self.max_context}"
+            )
+        self._enter()
+        try:
+            return await self._generate(request, prompt, session)
+        finally:
+            self._leave()
+
+    async def _generate(self, request: StepRequest, prompt: list[int], session: Any) -> StepResult:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        glimpse, gen = request.glimpse, request.generate
+        k = glimpse.top_k if glimpse is not None else None
+        if gen is None:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)
+            stops: tuple[str, ...] = ()
+        else:
+            stops = tuple(s for s in (gen.stop if request.close_thinking else (*gen.stop, self.think_end)) if s)
+            sampling = gen.sampling
+            params = SamplingParams(
+                max_tokens=min(gen.max_tokens, self.max_context - len(prompt)),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                seed=sampling.seed,
+                stop=list(stops) or None,
+                include_stop_str_in_output=True,
+                logprobs=k,
+                skip_special_tokens=False,
+                spaces_between_special_tokens=False,
+            )
+        params.output_kind = RequestOutputKind.DELTA
+        request_id = f"{request.session_id}-{uuid.uuid4().hex[:12]}"
+        start = time.perf_counter()
+        first_at: float | None = None
+        generated: list[int] = []
+        entropy: float | None = None
+        cached = 0
+        finish: str | None = None
+        stop_reason: Any = None
+        outputs = self.llm.generate({"prompt_token_ids": prompt}, params, request_id=request_id)
+        try:
+            async for out in outputs:
+                choice = out.outputs[0]
+                if out.num_cached_tokens is not None:
+                    cached = out.num_cached_tokens
+                if first_at is None:
+                    first_at = time.perf_counter()
+                    if glimpse is not None and choice.logprobs:
+                        entropy = logprobs_entropy(choice.logprobs[0], glimpse.top_k)
+                        if (
+                            gen is not None
+                            and glimpse.threshold is not None
+                            and routes_large(entropy, glimpse.threshold)
+                        ):
+                            await self.llm.abort(request_id)  # the glimpsed token is never kept
+                            return self._result(prompt, cached, [], "", "routed", entropy, start, first_at)
+                generated.extend(choice.token_ids)
+                if out.finished:
+                    finish, stop_reason = choice.finish_reason, choice.stop_reason
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.llm.abort(request_id))
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await outputs.aclose()
+        self.generated_tokens += len(generated)
+        self.forwarded_tokens += len(prompt) - cached + max(len(generated) - 1, 0)
+        if gen is None:
+            return self._result(prompt, cached, [], "", "glimpse", entropy, start, first_at)
+        reason: FinishReason
+        if generated and generated[-1] in self.eos_ids:
+            reason = "eos"
+        elif finish == "stop" and isinstance(stop_reason, str):
+            reason = "delimiter"  # refined to think_end from the text
+        elif finish == "stop":
+            reason = "eos"
+        else:
+            reason = "length"
+        text = ""
+        if generated:
+            full, ends = decode_with_ends(self.tokenizer, generated)
+            session.append(generated, full, ends)
+            text, reason = cut_step_text(
+                self.tokenizer, full, generated, reason, stops, self.think_end, request.close_thinking
+            )
+        return self._result(prompt, cached, generated, text, reason, entropy, start, first_at)
+
+    def _result(
+        self,
+        prompt: list[int],
+        cached: int,
+        generated: list[int],
+        text: str,
+        reason: FinishReason,
+        entropy: float | None,
+        start: float,
+        first_at: float | None,
+    ) -> StepResult:
+        now = time.perf_counter()
+        first = first_at if first_at is not None else now
+        return StepResult(
+            token_ids=list(generated),
+            text=text,
+            finish_reason=reason,
+            entropy=entropy,
+            routed=reason == "routed",
+            context_tokens=len(prompt),
+            reused_tokens=cached,
+            prefill_tokens=len(prompt) - cached,
+            generated_tokens=len(generated),
+            prefill_s=first - start,  # includes vLLM's queueing: it reports no split here
+            decode_s=now - first,
+            replica=self.replica,
+        )
+
+    def _enter(self) -> None:
+        if self._running == 0:
+            self._busy_since = time.perf_counter()
+        self._running += 1
+
+    def _leave(self) -> None:
+        self._running -= 1
+        if self._running == 0:
+            self.busy_s += time.perf_counter() - self._busy_since
+
+
+__all__ = ["VLLMEngine", "logprobs_entropy"]

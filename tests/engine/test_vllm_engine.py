@@ -1,0 +1,173 @@
+"""The vLLM engine on vLLM's CPU build, against the HF engine on the same tiny models.
+
+Runs where vLLM is installed (CI's second virtualenv: ``make test-vllm``); skipped elsewhere.
+vLLM's CPU attention needs a head size of at least 32, so the tiny pair is widened to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from glimp_ray.collab import Collaborator, CollabParams  # noqa: E402
+from glimp_ray.engine.base import PromptTooLongError  # noqa: E402
+from glimp_ray.engine.hf import HFEngine  # noqa: E402
+from glimp_ray.engine.vllm import VLLMEngine  # noqa: E402
+from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult  # noqa: E402
+
+MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
+GREEDY = SamplingParams(temperature=0)
+PARAMS = CollabParams(
+    temperature=0, entropy="topk", delimiter=" ", step_max_tokens=12, thinking_budget=60, answer_max_tokens=8
+)
+# float32 on both engines; vLLM's CPU kernels sum in another order than torch's eager attention.
+ENTROPY_TOL = {"rel": 1e-3, "abs": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from glimp_ray.tiny import build_tiny_pair
+
+    return build_tiny_pair(tmp_path_factory.mktemp("tiny-vllm"), seed=0, head_dim=32)
+
+
+@pytest.fixture(scope="module")
+def engines(pair: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    opts = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 8}
+    made = {
+        "small": VLLMEngine.load(str(pair[0]), **opts),
+        "large": VLLMEngine.load(str(pair[1]), **opts),
+        "hf_small": HFEngine.load(str(pair[0])),
+        "hf_large": HFEngine.load(str(pair[1])),
+        "loop": loop,
+    }
+    yield made
+    for name in ("small", "large", "hf_small", "hf_large"):
+        made[name].close()
+    loop.close()
+
+
+def run(engines: dict[str, Any], coro: Any) -> Any:
+    return engines["loop"].run_until_complete(coro)
+
+
+def step(engines: dict[str, Any], engine: str, **kwargs: Any) -> StepResult:
+    kwargs.setdefault("messages", MESSAGES)
+    return run(engines, engines[engine].step(StepRequest(**kwargs)))
+
+
+def test_glimpse_entropy_equals_the_hf_engines_top_k_entropy(engines: dict[str, Any]) -> None:
+    for i, content in enumerate(["What is 6 times 7?", "Add 3 to 40.", "x"]):
+        messages = ({"role": "user", "content": content},)
+        v = step(engines, "small", session_id=f"v{i}", messages=messages, glimpse=GlimpseSpec("topk", 20))
+        h = step(engines, "hf_small", session_id=f"h{i}", messages=messages, glimpse=GlimpseSpec("topk", 20))
+        assert v.finish_reason == "glimpse" and v.token_ids == []
+        assert v.entropy == pytest.approx(h.entropy, **ENTROPY_TOL)
+
+
+def test_fused_and_paper_modes_give_the_same_greedy_output(engines: dict[str, Any]) -> None:
+    small, large = engines["small"], engines["large"]
+    probe = run(engines, Collaborator(small, large, PARAMS).run(list(MESSAGES), policy="small"))
+    entropies = sorted(s.entropy for s in probe.steps)
+    tau = (entropies[len(entropies) // 2 - 1] + entropies[len(entropies) // 2]) / 2
+    fused = run(engines, Collaborator(small, large, PARAMS).run(list(MESSAGES), threshold=tau, mode="fused"))
+    paper = run(engines, Collaborator(small, large, PARAMS).run(list(MESSAGES), threshold=tau, mode="paper"))
+    assert {s.model for s in fused.steps} == {"small", "large"}  # both routes taken
+    assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
+    assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
+
+
+def test_a_routed_glimpse_generates_nothing(engines: dict[str, Any]) -> None:
+    routed = step(
+        engines,
+        "small",
+        session_id="r",
+        glimpse=GlimpseSpec("topk", 20, threshold=-1.0),
+        generate=GenerateSpec(8, (" ",), GREEDY),
+    )
+    assert routed.routed and routed.finish_reason == "routed" and routed.token_ids == [] and routed.text == ""
+    kept = step(
+        engines,
+        "small",
+        session_id="r",
+        glimpse=GlimpseSpec("topk", 20, threshold=None),
+        generate=GenerateSpec(8, (" ",), GREEDY),
+    )
+    assert not kept.routed and kept.entropy == pytest.approx(routed.entropy, rel=1e-6)
+
+
+def test_steps_stop_at_the_delimiter_and_the_think_end_marker(engines: dict[str, Any]) -> None:
+    free = step(engines, "large", session_id="free", generate=GenerateSpec(60, (), GREEDY))
+    text = free.text
+    cut = next(i for i, c in enumerate(text) if i > 0 and not c.isspace())
+    stop = text[cut : cut + 2]
+    stopped = step(engines, "large", session_id="stop", generate=GenerateSpec(60, (stop,), GREEDY))
+    assert stopped.finish_reason == "delimiter"
+    assert stopped.text.endswith(stop) and stopped.text == text[: text.index(stop) + len(stop)]
+    capped = step(engines, "large", session_id="cap", generate=GenerateSpec(3, (), GREEDY))
+    assert capped.finish_reason == "length" and capped.generated_tokens == 3
+
+
+def test_seeds_make_sampling_reproducible(engines: dict[str, Any]) -> None:
+    def sample(seed: int, session: str) -> list[int]:
+        spec = GenerateSpec(16, (), SamplingParams(temperature=1.0, top_p=1.0, seed=seed))
+        return step(engines, "small", session_id=session, generate=spec).token_ids
+
+    assert sample(7, "s1") == sample(7, "s2")
+    assert sample(7, "s3") != sample(8, "s4")
+
+
+def test_a_cancelled_call_is_aborted_and_the_engine_goes_on(engines: dict[str, Any]) -> None:
+    small = engines["small"]
+
+    async def cancel_one() -> None:
+        task = asyncio.ensure_future(small.step(StepRequest("gone", MESSAGES, generate=GenerateSpec(900, (), GREEDY))))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(engines, cancel_one())
+    assert small.queued == 0
+    assert step(engines, "small", session_id="next", generate=GenerateSpec(3, (), GREEDY)).generated_tokens == 3
+
+
+def test_a_prompt_too_long_is_the_same_error(engines: dict[str, Any]) -> None:
+    with pytest.raises(PromptTooLongError, match="context of 1024"):
+        step(
+            engines,
+            "small",
+            session_id="long",
+            messages=({"role": "user", "content": "y" * 1100},),
+            generate=GenerateSpec(4, (), GREEDY),
+        )
+    with pytest.raises(PromptTooLongError, match="characters"):
+        step(
+            engines,
+            "small",
+            session_id="huge",
+            messages=({"role": "user", "content": "y" * 10**6},),
+            generate=GenerateSpec(4, (), GREEDY),
+        )
+    assert step(engines, "small", session_id="ok", generate=GenerateSpec(2, (), GREEDY)).generated_tokens == 2
+
+
+def test_a_session_reuses_its_prefix_from_vllms_cache(engines: dict[str, Any]) -> None:
+    long = ({"role": "user", "content": "Think about this carefully. " * 12},)
+    first = step(engines, "large", session_id="p", messages=long, generate=GenerateSpec(8, (), GREEDY))
+    second = step(
+        engines, "large", session_id="p", messages=long, transcript=first.text, generate=GenerateSpec(8, (), GREEDY)
+    )
+    assert second.reused_tokens > 0 and second.reused_tokens + second.prefill_tokens == second.context_tokens
+    # Its own generated tokens were kept, not re-tokenized: the context grew by exactly them.
+    assert second.context_tokens == first.context_tokens + first.generated_tokens
