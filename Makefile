@@ -53,7 +53,7 @@ test: setup
 
 # The vLLM engine's tests, on vLLM's CPU build (what CI runs after `make test`).
 test-vllm: setup-vllm
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py
+	VLLM_CPU_KVCACHE_SPACE=1 GLIMP_TESTS_HARD_EXIT=1 timeout 900 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy glimp_ray

@@ -13,6 +13,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+_EXIT_STATUS = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _EXIT_STATUS
+    _EXIT_STATUS = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """With ``GLIMP_TESTS_HARD_EXIT=1`` (the vLLM tests), leave as soon as the summary is written:
+    vLLM's engine-core clean-up at interpreter exit has been seen to hang after every test passed."""
+    if os.environ.get("GLIMP_TESTS_HARD_EXIT") == "1":
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS)
+
+
 def tiny_config(tiny_pair: tuple[Path, Path], **limits: object) -> dict[str, Any]:
     """The core config for the tiny pair: greedy, space-delimited steps, short budgets."""
     small, large = tiny_pair

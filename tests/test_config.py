@@ -64,3 +64,21 @@ def test_unreadable_configs(tmp_path: Path) -> None:
         load_config(write(tmp_path, "small: [unclosed"))
     with pytest.raises(ConfigError, match="mapping"):
         parse_config(["a list"])
+
+
+def test_a_vllm_pool_gets_only_vllm_options() -> None:
+    config = parse_config(
+        {"small": {"model": "m", "engine": "vllm", "max_running": 12}, "routing": {"entropy": "topk"}}
+    )
+    kwargs = config.small.engine_kwargs()
+    assert kwargs["max_num_seqs"] == 12 and kwargs["gpu_memory_utilization"] == 0.9
+    assert not {"device", "max_running", "max_batch_tokens", "batching", "engine"} & set(kwargs)
+    hf = config.large.engine_kwargs()
+    assert "device" in hf and not {"gpu_memory_utilization", "max_model_len", "enforce_eager"} & set(hf)
+
+
+def test_a_small_pool_on_vllm_cannot_glimpse_full_entropy() -> None:
+    with pytest.raises(ConfigError, match="routing.entropy: topk"):
+        parse_config({"small": {"model": "m", "engine": "vllm"}})
+    # The large pool never glimpses: it may run on vLLM under either entropy.
+    assert parse_config({"large": {"model": "m", "engine": "vllm"}}).large.engine == "vllm"

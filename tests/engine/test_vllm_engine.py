@@ -54,7 +54,7 @@ def engines(pair: tuple[Path, Path]) -> Iterator[dict[str, Any]]:
     yield made
     for name in ("small", "large", "hf_small", "hf_large"):
         made[name].close()
-    loop.close()
+    loop.run_until_complete(asyncio.sleep(0.2))  # vLLM's cancelled output handlers finish on the loop
 
 
 def run(engines: dict[str, Any], coro: Any) -> Any:
