@@ -4,8 +4,10 @@ the glimpse latency (a 1-token top-20 glimpse). Runs in the vLLM virtualenv (``m
     .venv-vllm/bin/python benchmarks/bench_engines.py              # random-init ~75M Qwen2
     .venv-vllm/bin/python benchmarks/bench_engines.py --model DIR  # any local model
 
-The default model is built locally (no hub): Qwen2 shapes, hidden 768, 12 layers, the tiny
-character-level tokenizer. Greedy, 64 new tokens per request, prompts through its chat template.
+The default model is built locally (no hub): Qwen2 shapes, hidden 768, 12 layers (~75M
+parameters), the tiny character-level tokenizer. Greedy, 64 new tokens per request, prompts through
+its chat template. vLLM runs with its CPU defaults (bfloat16, compiled); ``--dtype float32 --eager``
+compares like for like with HFEngine's float32.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def build_model(root: Path) -> Path:
     config = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=768,
-        intermediate_size=3072,
+        intermediate_size=1536,
         num_hidden_layers=12,
         num_attention_heads=12,
         num_key_value_heads=12,
@@ -80,7 +82,7 @@ async def measure(engine: Any, tokens: int, concurrency: int) -> dict[str, float
     return {"single": single, "concurrent": concurrent, "glimpse_ms": 1e3 * statistics.median(glimpses)}
 
 
-async def main_async(model: str, tokens: int, concurrency: int) -> None:
+async def main_async(model: str, tokens: int, concurrency: int, dtype: str, eager: bool) -> None:
     from glimp_ray.engine.hf import HFEngine
     from glimp_ray.engine.vllm import VLLMEngine
 
@@ -88,10 +90,10 @@ async def main_async(model: str, tokens: int, concurrency: int) -> None:
     hf = HFEngine.load(model)
     figures["HFEngine"] = await measure(hf, tokens, concurrency)
     hf.close()
-    vllm = VLLMEngine.load(model, dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=concurrency)
+    vllm = VLLMEngine.load(model, dtype=dtype, enforce_eager=eager, max_model_len=1024, max_num_seqs=concurrency)
     figures["VLLMEngine"] = await measure(vllm, tokens, concurrency)
     vllm.close()
-    print(f"{tokens} new tokens per request, greedy; {concurrency} concurrent")
+    print(f"{tokens} new tokens per request, greedy; {concurrency} concurrent; vLLM dtype {dtype}, eager {eager}")
     print(f"{'engine':<12} {'1 request tok/s':>16} {f'{concurrency} concurrent tok/s':>22} {'glimpse ms':>11}")
     for name, f in figures.items():
         print(f"{name:<12} {f['single']:>16.1f} {f['concurrent']:>22.1f} {f['glimpse_ms']:>11.1f}")
@@ -105,10 +107,12 @@ def main() -> None:
     parser.add_argument("--model", help="a local model directory (default: the random-init ~75M Qwen2)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--dtype", default="bfloat16", help="vLLM's dtype (HFEngine runs float32 on CPU)")
+    parser.add_argument("--eager", action="store_true", help="vLLM without compilation (faster start)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     model = args.model or str(build_model(Path(tempfile.mkdtemp(prefix="glimp-bench-engines-"))))
-    asyncio.run(main_async(model, args.tokens, args.concurrency))
+    asyncio.run(main_async(model, args.tokens, args.concurrency, args.dtype, args.eager))
 
 
 if __name__ == "__main__":
