@@ -8,11 +8,10 @@ through a DeploymentHandle pinned to the request's session.
 # through Serve's class-based ingress.
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import anyio
 from fastapi import FastAPI, Request
@@ -47,8 +46,6 @@ from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
-logger = logging.getLogger("ray.serve")
-RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
 install_error_handlers(app)
 
