@@ -23,11 +23,11 @@ from glimp_ray.engine.model_files import eos_ids, load_model, longest_token_char
 from glimp_ray.engine.model_files import max_context as model_max_context
 from glimp_ray.engine.runner import ModelRunner
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
-from glimp_ray.engine.scheduler import Scheduler, request_chars
+from glimp_ray.engine.scheduler import Scheduler
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.engine.session import SessionCache
 from glimp_ray.engine.stops import StopMatcher, cut_step_text
-from glimp_ray.engine.text import decode_with_ends, render_prompt
+from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.engine.worker import StepLoopEngine
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.policies import routes_large
@@ -119,12 +119,7 @@ class HFEngine(StepLoopEngine):
     # -- the worker thread's hooks -----------------------------------------------------
 
     def check(self, request: StepRequest) -> None:
-        chars = request_chars(request)
-        if chars > self.max_text_chars:
-            raise PromptTooLongError(
-                f"prompt and transcript are {chars} characters; {self.name} has a context of "
-                f"{self.max_context} tokens (at most {self.max_text_chars} characters)"
-            )
+        refuse_text_longer_than(request, self.max_text_chars, self.name, self.max_context)
 
     def accept(self, inbox: list[Sequence], releases: set[str]) -> None:
         # Releases apply to what was queued before them; requests arriving with them come after.
@@ -208,12 +203,7 @@ class HFEngine(StepLoopEngine):
         if session.cache is None:
             session.kv_len = 0  # its cache was lost (a failed batch): prefill it afresh
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
-        kept = session.match(text)
-        new_text = text[len(session.text) :]
-        if new_text:
-            # Only text this session has not seen is tokenized.
-            ids = self.tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
-            session.append(ids, new_text, [len(new_text)] * len(ids))
+        sync_session(self.tokenizer, session, text, templated)
         if not session.tokens:
             raise InvalidRequestError("empty prompt")
         if len(session.tokens) >= self.max_context:
@@ -358,4 +348,4 @@ class HFEngine(StepLoopEngine):
         self.sessions.evict()
 
 
-__all__ = ["HFEngine", "request_chars", "resolve_dtype"]
+__all__ = ["HFEngine", "resolve_dtype"]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from glimp_ray.engine.sequence import DoneCallback, Sequence
 from glimp_ray.engine.session import SessionCache
+from glimp_ray.engine.text import request_chars
 from glimp_ray.types import StepRequest
 
 __all__ = ["DoneCallback", "Scheduler", "Sequence"]
@@ -97,9 +98,3 @@ class Scheduler:
         if session is not None and session.tokens:
             estimate = min(estimate, len(session.tokens) + len(request.transcript))
         return estimate
-
-
-def request_chars(request: StepRequest) -> int:
-    """Characters of a request's text (prompt or message contents, and transcript)."""
-    chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
-    return chars + len(request.transcript)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import accumulate
 from typing import Any
 
-from glimp_ray.engine.base import InvalidRequestError
+from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
 from glimp_ray.types import StepRequest
 
 
@@ -61,3 +61,32 @@ def decode_with_ends(tokenizer: Any, token_ids: list[int]) -> tuple[str, list[in
     for i in range(len(resolved) - 2, -1, -1):
         resolved[i] = min(resolved[i], resolved[i + 1])
     return text, resolved
+
+
+def request_chars(request: StepRequest) -> int:
+    """Characters of a request's text (prompt or message contents, and transcript)."""
+    chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
+    return chars + len(request.transcript)
+
+
+def refuse_text_longer_than(request: StepRequest, max_chars: int, name: str, max_context: int) -> None:
+    """Raise :class:`PromptTooLongError` for a text that cannot fit whatever its tokenization:
+    ``max_chars`` is the context times the longest vocabulary entry. Cheap: nothing is rendered
+    or tokenized."""
+    chars = request_chars(request)
+    if chars > max_chars:
+        raise PromptTooLongError(
+            f"prompt and transcript are {chars} characters; {name} has a context of "
+            f"{max_context} tokens (at most {max_chars} characters)"
+        )
+
+
+def sync_session(tokenizer: Any, session: Any, text: str, templated: bool) -> None:
+    """Make ``session`` (a :class:`~glimp_ray.engine.session.Session`) hold the tokens of
+    ``text``: the tokens whose text still matches are kept (the engine's own generated tokens are
+    never re-tokenized), and only the text after them is tokenized."""
+    kept = session.match(text)
+    new_text = text[len(session.text) :]
+    if new_text:
+        ids = tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
+        session.append(ids, new_text, [len(new_text)] * len(ids))

@@ -23,10 +23,9 @@ from typing import Any
 
 from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
 from glimp_ray.engine.model_files import eos_ids, longest_token_chars
-from glimp_ray.engine.scheduler import request_chars
 from glimp_ray.engine.session import SessionCache
 from glimp_ray.engine.stops import cut_step_text
-from glimp_ray.engine.text import decode_with_ends, render_prompt
+from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.entropy import topk_entropy
 from glimp_ray.policies import routes_large
 from glimp_ray.types import FinishReason, StepRequest, StepResult
@@ -150,19 +149,10 @@ class VLLMEngine:
             del llm  # collected now, not at interpreter exit when vLLM's own __del__ fails
 
     async def step(self, request: StepRequest) -> StepResult:
-        chars = request_chars(request)
-        if chars > self.max_text_chars:
-            raise PromptTooLongError(
-                f"prompt and transcript are {chars} characters; {self.name} has a context of "
-                f"{self.max_context} tokens (at most {self.max_text_chars} characters)"
-            )
+        refuse_text_longer_than(request, self.max_text_chars, self.name, self.max_context)
         session = self.sessions.get(request.session_id)
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
-        kept = session.match(text)
-        new_text = text[len(session.text) :]
-        if new_text:  # only text this session has not seen is tokenized
-            ids = self.tokenizer.encode(new_text, add_special_tokens=kept == 0 and not templated)
-            session.append(ids, new_text, [len(new_text)] * len(ids))
+        sync_session(self.tokenizer, session, text, templated)
         prompt = list(session.tokens)
         if not prompt:
             raise InvalidRequestError("empty prompt")
