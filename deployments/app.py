@@ -21,10 +21,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         raise ConfigError(f"invalid application args\n{format_validation_error(exc)}") from None
     serving = config.serving
     small = ModelServer.options(  # type: ignore[attr-defined]
-        **serving.small.deployment_options("SmallPool")
+        **serving.small.deployment_options("SmallPool", config.small)
     ).bind(config.small.model_dump(), serving.metrics_window_s)
     large = ModelServer.options(  # type: ignore[attr-defined]
-        **serving.large.deployment_options("LargePool")
+        **serving.large.deployment_options("LargePool", config.large)
     ).bind(config.large.model_dump(), serving.metrics_window_s)
     router = GlimpRouter.options(**serving.router_options())  # type: ignore[attr-defined]
     return router.bind(small, large, config.model_dump(mode="json"))

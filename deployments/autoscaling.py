@@ -58,13 +58,21 @@ def router_load(ctx: Any) -> RouterLoad | None:
     )
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def pool_load(ctx: Any) -> PoolLoad:
-    """A pool's replicas' reports: mean service rate, total queue (engines plus handle queues)."""
-    rates = [r for r in _values(ctx, "service_rate") if r > 0]
+    """A pool's replicas' reports: mean service rate and batching point, total queue (engines plus
+    handle queues)."""
+    max_concurrency = _values(ctx, "max_concurrency")
     return PoolLoad(
         replicas=ctx.target_num_replicas,
-        service_rate=sum(rates) / len(rates) if rates else None,
+        service_rate=_mean([r for r in _values(ctx, "service_rate") if r > 0]),
         queued=sum(_values(ctx, "queued")) + (ctx.total_queued_requests or 0),
+        concurrency=_mean(_values(ctx, "concurrency")),
+        latency_s=_mean([v for v in _values(ctx, "latency_s") if v > 0]),
+        max_concurrency=min(max_concurrency) if max_concurrency else None,
     )
 
 
@@ -104,16 +112,21 @@ class RoutingRatioPolicy:
             if previous is None or previous.replicas != decision.replicas:
                 logger.info(
                     "routing-ratio policy: %s pool -> %d replicas (desired %.2f, demand %s tokens/s, "
-                    "service rate %s tokens/s)",
+                    "service rate %s tokens/s, %s requests per replica)",
                     pool,
                     decision.replicas,
                     decision.desired,
                     _fmt(decision.demand),
                     _fmt(decision.state.service_rate),
+                    _fmt(decision.target_concurrency),
                 )
             self.states[pool], self.decisions[pool] = decision.state, decision
             decisions[dep] = decision.replicas
-            states[dep] = {"desired": decision.desired, "demand": decision.demand}
+            states[dep] = {
+                "desired": decision.desired,
+                "demand": decision.demand,
+                "target_concurrency": decision.target_concurrency,
+            }
         return decisions, states
 
 

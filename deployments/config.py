@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from glimp_ray.config import GlimpConfig, StrictModel
+from glimp_ray.config import GlimpConfig, ModelConfig, StrictModel
 
 
 class PoolDeployment(StrictModel):
@@ -39,17 +39,34 @@ class PoolDeployment(StrictModel):
         "default; the replica's own per-step line is at DEBUG (set log_level: DEBUG to see it).",
     )
 
-    def deployment_options(self, name: str) -> dict[str, Any]:
-        """Keyword arguments for ``Deployment.options`` (session affinity included)."""
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env of the replicas, e.g. {env_vars: {VLLM_CPU_OMP_THREADS_BIND: '0'}}.",
+    )
+    placement_group_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "STRICT_PACK",
+        description="vLLM pools with tensor_parallel_size > 1: how a replica's GPU bundles are placed.",
+    )
+
+    def deployment_options(self, name: str, model: ModelConfig | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (session affinity included).
+
+        A vLLM model sharded over ``tensor_parallel_size`` > 1 GPUs gets a placement group per
+        replica, as Ray Serve LLM does: one ``{GPU: 1}`` bundle per shard, the replica's CPUs in
+        the first; the replica itself holds no GPU and vLLM starts its Ray workers in the bundles.
+        """
         from ray.serve.config import RequestRouterConfig
 
-        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.accelerator_type:
+        sharded = model is not None and model.engine == "vllm" and model.tensor_parallel_size > 1
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": 0.0 if sharded else self.num_gpus}
+        if self.accelerator_type and not sharded:
             actor["accelerator_type"] = self.accelerator_type
         if self.resources:
             actor["resources"] = dict(self.resources)
-        if self.label_selector:
+        if self.label_selector and not sharded:
             actor["label_selector"] = dict(self.label_selector)
+        if self.runtime_env:
+            actor["runtime_env"] = dict(self.runtime_env)
         options: dict[str, Any] = {
             "name": name,
             "ray_actor_options": actor,
@@ -68,6 +85,18 @@ class PoolDeployment(StrictModel):
                 del options["num_replicas"]
         else:
             options["num_replicas"] = self.num_replicas
+        if sharded:
+            assert model is not None
+            shard: dict[str, float] = {"GPU": 1.0}
+            if self.accelerator_type:
+                shard[f"accelerator_type:{self.accelerator_type}"] = 0.001
+            bundles = [dict(shard) for _ in range(model.tensor_parallel_size)]
+            bundles[0].update({"CPU": self.num_cpus} if self.num_cpus else {})
+            bundles[0].update(self.resources)
+            options["placement_group_bundles"] = bundles
+            options["placement_group_strategy"] = self.placement_group_strategy
+            if self.label_selector:
+                options["placement_group_bundle_label_selector"] = [dict(self.label_selector)]
         return options
 
 
@@ -169,4 +198,17 @@ class AppConfig(GlimpConfig):
         ):
             if value > cap:
                 raise ValueError(f"{name} ({value}) is above serving.request_limits.{cap_name} ({cap})")
+        return self
+
+    @model_validator(mode="after")
+    def _sharded_pools_reserve_their_gpus(self) -> AppConfig:
+        for which, model, pool in (("small", self.small, self.serving.small), ("large", self.large, self.serving.large)):
+            tp = model.tensor_parallel_size
+            if tp > 1 and model.engine != "vllm":
+                raise ValueError(f"{which}.tensor_parallel_size {tp} needs engine: vllm")
+            if tp > 1 and pool.num_gpus not in (0, tp):
+                raise ValueError(
+                    f"{which} shards over {tp} GPUs in a placement group per replica; "
+                    f"serving.{which}.num_gpus must be 0 or {tp}, not {pool.num_gpus}"
+                )
         return self

@@ -37,6 +37,8 @@ def api_error(exc: Exception, param: str | None = None) -> APIError:
     if isinstance(exc, PoolUnavailableError):
         return APIError(503, _message(exc), "service_unavailable", code="pool_unavailable")
     if isinstance(exc, ValueError):
+        # Bad parameters, and an engine's InvalidRequestError (no chat template, an empty prompt),
+        # also when it arrives from a replica as a StepRejected or wrapped by Ray.
         return APIError(400, _message(exc), "invalid_request_error")
     # Anything else is the server's fault, still in OpenAI's shape.
     logger.error("request failed", exc_info=exc)

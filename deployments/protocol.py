@@ -20,6 +20,7 @@ from glimp_ray.policies import RandomP
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_TOP_K = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 
 
 class _Wire(BaseModel):
@@ -66,9 +67,18 @@ class GlimpOptions(_Wire):
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
+    preset: Literal["glimp", "reference"] | None = Field(
+        None, description="Loop rules: this project's (glimp) or the paper's reference code's (reference)."
+    )
     threshold: float | None = Field(None, description="τ for this request.")
     policy: Literal["entropy", "small", "large", "random"] | None = None
     mode: Literal["fused", "paper"] | None = None
+    entropy: Literal["full", "topk"] | None = Field(
+        None, description="Glimpse entropy: full vocabulary (an HF small pool only) or top-k renormalised."
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description=f"k of the top-k entropy, at most {MAX_TOP_K} (vLLM's max_logprobs)."
+    )
     random_p: RandomP | None = None
     thinking_budget: int | None = Field(None, ge=1)
     step_max_tokens: int | None = Field(None, ge=1)
@@ -130,9 +140,12 @@ class _Request(_Wire):
             "seed": self.seed,
             "answer_max_tokens": self.answer_max_tokens,
             "stop": self.stop_strings(),
+            "preset": g.preset,
             "threshold": g.threshold,
             "policy": g.policy,
             "mode": g.mode,
+            "entropy": g.entropy,
+            "top_k": g.top_k,
             "random_p": g.random_p,
             "thinking_budget": g.thinking_budget,
             "step_max_tokens": g.step_max_tokens,

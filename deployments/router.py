@@ -42,6 +42,7 @@ from deployments.protocol import (
 )
 from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
+from glimp_ray.config import RoutingConfig
 from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tracing import make_tracer_provider, request_span
 
@@ -59,9 +60,12 @@ def _trace(result: CollabResult) -> dict[str, Any]:
         "request_id": result.request_id,
         "stop_reason": result.stop_reason,
         "large_step_fraction": result.large_step_fraction,
+        "preset": result.params.preset,
         "threshold": result.params.threshold,
         "policy": result.params.policy,
         "mode": result.params.mode,
+        "entropy": result.params.entropy,
+        "top_k": result.params.top_k,
         "steps": [s.to_dict() for s in result.steps],
         "answer": result.answer_record.to_dict(),
     }
@@ -128,6 +132,8 @@ class GlimpRouter:
         if unknown:
             raise ValueError(f"user_config may set routing, sampling and limits; not {', '.join(sorted(unknown))}")
         merged = self.config.model_dump()
+        # Only what was set, so a switch to the reference preset brings its own entropy.
+        merged["routing"] = self.config.routing.model_dump(exclude_unset=True)
         for section, values in user_config.items():
             merged[section] = {**merged[section], **(values or {})}
         self.config = AppConfig.model_validate(merged)
@@ -179,6 +185,9 @@ class GlimpRouter:
             params = self.collab.params.replace(**overrides)
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error") from None
+        refused = RoutingConfig.entropy_refused(params.entropy, self.config.small.engine)
+        if refused:
+            raise APIError(400, refused, "invalid_request_error", "glimp.entropy")
         request_id = new_id("chatcmpl" if chat else "cmpl")
         stream = self.collab.stream(request_id=request_id, **inputs, **overrides)
         events = self._observed(stream, request_id, params, raw)

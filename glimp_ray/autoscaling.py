@@ -4,12 +4,17 @@ Demand on a pool is what the router sees arriving, split by the routing ratio:
 
     tokens/s on pool  =  request rate  x  generated tokens per request  x  pool's share of tokens
 
-and a pool needs ``demand / (service rate per replica x target utilisation)`` replicas, where
-the service rate is what its replicas measured while busy. When the ratio shifts toward the
-large model the large pool's demand rises at once, before its queue builds; the queue is only a
-backstop (``queued / target_queue_per_replica``). Demand is smoothed over time and scaling down
-keeps ``downscale_margin`` spare capacity, so the count does not flap around a boundary; Ray
-Serve's ``upscale_delay_s`` / ``downscale_delay_s`` add the time a change must persist.
+A replica batches, so what it can serve depends on how many requests it runs at once
+(:mod:`glimp_ray.capacity`): each replica is planned to run ``b*`` requests, the most its
+``max_running`` / ``max_num_seqs`` allows while the per-token latency ``ℓ(b)`` stays within the
+target, and a pool needs ``demand × ℓ(b*) / b*`` replicas. The curve ``ℓ(b)`` is fitted from the
+replicas' own windows (mean concurrency and seconds per token while busy). The step calls in
+flight are the backstop (``in flight / b*``): when the ratio shifts toward the large model its
+demand rises at once, before its queue builds. A replica that reports no concurrency falls back
+to ``demand / (service rate × target_utilization)`` and ``queued / target_queue_per_replica``.
+Demand is smoothed over time and scaling down keeps ``downscale_margin`` spare capacity, so the
+count does not flap around a boundary; Ray Serve's ``upscale_delay_s`` / ``downscale_delay_s``
+add the time a change must persist.
 
 ``deployments/autoscaling.py`` feeds this from Ray Serve's autoscaling contexts.
 """
@@ -21,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from glimp_ray.capacity import BatchingCurve, Observation, replicas_for
+
 
 @dataclass(frozen=True)
 class PoolScaling:
@@ -28,10 +35,17 @@ class PoolScaling:
 
     min_replicas: int = 1
     max_replicas: int = 8
-    target_utilization: float = 0.7  # share of a replica's measured tokens/s to plan for
-    target_queue_per_replica: float = 8.0  # backstop: step calls in flight per replica
+    latency_target_s: float | None = None  # per-token latency a request may see (s/token)
+    latency_slack: float = 2.0  # without latency_target_s: the target is this × a lone request's ℓ
+    max_concurrency: int | None = None  # requests a replica runs at once; default: what replicas report
+    observations: int = 32  # (concurrency, latency) reports kept for the curve
     downscale_margin: float = 0.15  # scale down only to a count with this much spare capacity
     smoothing_s: float = 5.0  # time constant of the demand's exponential smoothing
+    # Backstop: step calls a replica may have waiting beyond the b* it runs (or, with no batching
+    # curve, in flight) before the queue alone asks for more replicas.
+    target_queue_per_replica: float = 8.0
+    # Only for replicas that report no concurrency (no batching curve):
+    target_utilization: float = 0.7  # share of a replica's measured busy-time tokens/s to plan for
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -44,6 +58,18 @@ class PoolScaling:
             raise ValueError(f"downscale_margin must be in [0, 1), got {self.downscale_margin}")
         if self.smoothing_s < 0:
             raise ValueError(f"smoothing_s must be >= 0, got {self.smoothing_s}")
+        if self.latency_target_s is not None and self.latency_target_s <= 0:
+            raise ValueError(f"latency_target_s must be > 0, got {self.latency_target_s}")
+        if self.latency_slack < 1:
+            raise ValueError(f"latency_slack must be >= 1, got {self.latency_slack}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.observations < 1:
+            raise ValueError(f"observations must be >= 1, got {self.observations}")
+
+    def latency_target(self, curve: BatchingCurve) -> float:
+        """The per-token latency objective: the configured one, or slack over a lone request's."""
+        return self.latency_target_s if self.latency_target_s is not None else self.latency_slack * curve.base_s
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,9 @@ class PoolLoad:
     replicas: int  # running replicas now
     service_rate: float | None  # tokens/s one replica generates while busy; None until measured
     queued: float  # step calls waiting or running across the pool
+    concurrency: float | None = None  # mean requests a replica ran while busy (its window)
+    latency_s: float | None = None  # seconds per generated token a request saw (same window)
+    max_concurrency: float | None = None  # requests a replica may run at once
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,8 @@ class PoolState:
     demand: float | None = None  # smoothed tokens/s
     updated_at: float | None = None
     service_rate: float | None = None  # last measured rate, kept while a pool is idle
+    observations: tuple[Observation, ...] = ()  # recent (concurrency, latency) windows, oldest first
+    max_concurrency: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,7 @@ class Decision:
     desired: float  # unrounded replicas wanted by demand or queue
     demand: float | None  # smoothed tokens/s, None before a router reported
     state: PoolState = field(repr=False)
+    target_concurrency: float | None = None  # b*: requests each replica is planned to run
 
 
 def smooth(state: PoolState, demand: float, now: float, time_constant: float) -> float:
@@ -97,11 +129,46 @@ def smooth(state: PoolState, demand: float, now: float, time_constant: float) ->
 
 
 def desired_replicas(demand: float | None, service_rate: float | None, queued: float, scaling: PoolScaling) -> float:
-    """Replicas the demand needs at the target utilisation, or the queue if it needs more."""
+    """Without a batching curve: replicas at the target utilisation of the busy-time rate, or the queue."""
     by_queue = queued / scaling.target_queue_per_replica
     if demand is None or not service_rate:
         return by_queue
     return max(demand / (service_rate * scaling.target_utilization), by_queue)
+
+
+def batching_replicas(
+    demand: float | None,
+    queued: float,
+    curve: BatchingCurve,
+    max_concurrency: float,
+    scaling: PoolScaling,
+    observed: float,
+) -> tuple[float, float]:
+    """With a batching curve: (replicas, b*) so each replica runs ``b*`` requests; the calls in
+    flight are the backstop, at ``b*`` running plus ``target_queue_per_replica`` waiting each.
+
+    ``observed``: the latest concurrency reported. While every report came at one concurrency the
+    slope is unknown; if that concurrency misses the latency target, the pool is sized as if a
+    replica's throughput could not grow past what it showed there (instead of planning one
+    request per replica); the next reports, at the new count's concurrency, pin the slope down.
+    """
+    target = curve.target_concurrency(scaling.latency_target(curve), max_concurrency)
+    if curve.slope_s == 0 and curve.latency(1) > scaling.latency_target(curve):
+        target = min(observed, max_concurrency)
+    by_queue = queued / (target + scaling.target_queue_per_replica)
+    if demand is None:
+        return by_queue, target
+    return max(replicas_for(demand, curve, target), by_queue), target
+
+
+def observe(state: PoolState, load: PoolLoad, keep: int) -> tuple[Observation, ...]:
+    """The state's observations with this call's window added (when the pool reported one)."""
+    if load.concurrency is None or not load.latency_s or load.latency_s <= 0:
+        return state.observations
+    point = Observation(concurrency=max(load.concurrency, 1.0), latency_s=load.latency_s)
+    if state.observations and state.observations[-1] == point:
+        return state.observations  # the same report again (the policy runs more often than replicas report)
+    return (*state.observations, point)[-keep:]
 
 
 def decide_pool(
@@ -116,36 +183,55 @@ def decide_pool(
     """
     service_rate = load.service_rate or state.service_rate
     demand = None if router is None else smooth(state, router.demand(pool), now, scaling.smoothing_s)
-    desired = desired_replicas(demand, service_rate, load.queued, scaling)
-    current = load.replicas
-    if router is None:
-        target = max(current, math.ceil(desired))  # no demand known: the queue can only add
-    elif math.ceil(desired) > current:
-        target = math.ceil(desired)
+    observations = observe(state, load, scaling.observations)
+    max_concurrency = scaling.max_concurrency or load.max_concurrency or state.max_concurrency
+    curve = BatchingCurve.fit(observations)
+    target_concurrency = None
+    if curve is not None and max_concurrency:
+        desired, target_concurrency = batching_replicas(
+            demand, load.queued, curve, max_concurrency, scaling, observations[-1].concurrency
+        )
     else:
-        target = min(current, math.ceil(desired / (1.0 - scaling.downscale_margin)))
+        desired = desired_replicas(demand, service_rate, load.queued, scaling)
+    current = load.replicas
+    wanted = math.ceil(desired - 1e-6)  # a demand that exactly fills n replicas needs n
+    if router is None:
+        target = max(current, wanted)  # no demand known: the queue can only add
+    elif wanted > current:
+        target = wanted
+    else:
+        target = min(current, math.ceil(desired / (1.0 - scaling.downscale_margin) - 1e-6))
     target = max(scaling.min_replicas, min(scaling.max_replicas, target))
     new_state = PoolState(
         demand=demand if demand is not None else state.demand,
         updated_at=now if demand is not None else state.updated_at,
         service_rate=service_rate,
+        observations=observations,
+        max_concurrency=max_concurrency,
     )
-    return Decision(replicas=target, desired=desired, demand=demand, state=new_state)
+    return Decision(
+        replicas=target, desired=desired, demand=demand, state=new_state, target_concurrency=target_concurrency
+    )
 
 
 class ServiceMeter:
-    """A replica's service rate: tokens generated per busy second over a sliding window.
+    """A replica's service over a sliding window of busy time, from cumulative counters.
 
-    Fed with the engine's cumulative counters; busy seconds exclude idle time, so the rate
-    is what a replica can do, not what it was asked to do.
+    ``rate``: tokens generated per busy second (busy seconds exclude idle time, so the rate is
+    what a replica did while working, not what it was asked to do). ``batching``: the mean
+    number of requests it ran while busy (request-seconds in the model per busy second) and the
+    seconds per token they saw (request-seconds per token) — one point of the batching curve.
     """
 
     def __init__(self, window_s: float = 30.0):
         self.window_s = window_s
-        self.samples: deque[tuple[float, int, float]] = deque()
+        # (time, engine's generated tokens, busy s, finished steps' model s, their tokens)
+        self.samples: deque[tuple[float, int, float, float, int]] = deque()
 
-    def add(self, now: float, generated_tokens: int, busy_s: float) -> None:
-        self.samples.append((now, generated_tokens, busy_s))
+    def add(
+        self, now: float, generated_tokens: int, busy_s: float, request_s: float = 0.0, request_tokens: int = 0
+    ) -> None:
+        self.samples.append((now, generated_tokens, busy_s, request_s, request_tokens))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
 
@@ -153,9 +239,19 @@ class ServiceMeter:
         """Tokens/s while busy, or None when the window saw too little work to tell."""
         if len(self.samples) < 2:
             return None
-        (_, tokens0, busy0), (_, tokens1, busy1) = self.samples[0], self.samples[-1]
+        (_, tokens0, busy0, _, _), (_, tokens1, busy1, _, _) = self.samples[0], self.samples[-1]
         busy = busy1 - busy0
         return (tokens1 - tokens0) / busy if busy > 1e-3 and tokens1 > tokens0 else None
+
+    def batching(self) -> tuple[float, float] | None:
+        """(mean concurrency while busy, seconds per token), or None without finished steps."""
+        if len(self.samples) < 2:
+            return None
+        (_, _, busy0, seconds0, tokens0), (_, _, busy1, seconds1, tokens1) = self.samples[0], self.samples[-1]
+        busy, seconds, tokens = busy1 - busy0, seconds1 - seconds0, tokens1 - tokens0
+        if busy <= 1e-3 or seconds <= 0 or tokens <= 0:
+            return None
+        return max(seconds / busy, 1.0), seconds / tokens
 
 
 class DemandMeter:

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from glimp_ray.collab import CollabResult
-from glimp_ray.config import ConfigError, GlimpConfig, load_config
+from glimp_ray.config import ConfigError, GlimpConfig, RoutingConfig, load_config
 from glimp_ray.engine.base import EngineError
+from glimp_ray.params import PRESETS
 
 _OVERRIDES = {
+    "preset": str,
     "policy": str,
     "mode": str,
     "threshold": float,
+    "entropy": str,
+    "top_k": int,
     "temperature": float,
     "top_p": float,
     "seed": int,
@@ -27,6 +31,9 @@ _OVERRIDES = {
     "thinking_budget": int,
     "answer_max_tokens": int,
 }
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {"preset": PRESETS, "entropy": ("full", "topk")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without a chat template")
     gen.add_argument("--json", action="store_true", help="print machine-readable JSON")
     for name, kind in _OVERRIDES.items():
-        gen.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"override {name}")
+        gen.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=None, choices=_CHOICES.get(name), help=f"override {name}"
+        )
     ev = commands.add_parser("eval", help="accuracy against latency for each routing policy")
     ev.add_argument("--config", help="YAML config describing both models (default: the demo models)")
     ev.add_argument("--dataset", required=True, help="'demo' or a JSONL file with problem and answer")
@@ -59,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--rps", type=float, required=True, help="target requests per second")
     pl.add_argument("--slo-p95", type=float, help="p95 latency objective in seconds")
     pl.add_argument("--threshold", type=float, action="append", default=[], help="what-if τ (repeatable)")
-    pl.add_argument("--utilization", type=float, default=0.7, help="target utilization per replica")
+    pl.add_argument(
+        "--latency-slack", type=float, default=2.0, help="per-token latency target as a multiple of a lone call's"
+    )
+    pl.add_argument("--latency-target-ms", type=float, help="per-token latency target in ms (instead of the slack)")
+    pl.add_argument("--max-concurrency", type=int, default=32, help="calls one replica runs at once (max_running)")
     pl.add_argument("--out", help="directory for plan.json and plan.png")
     pl.add_argument("--json", action="store_true", help="print machine-readable JSON")
     bt = commands.add_parser("batch", help="run a JSONL/Parquet dataset offline with Ray Data (resumable)")
@@ -146,7 +159,15 @@ def _plan(args: argparse.Namespace) -> int:
     from glimp_ray.tracing import read_spans
 
     requests = requests_from_spans(_spans(args.traces, read_spans))
-    report = plan(requests, args.rps, args.threshold, args.slo_p95, args.utilization)
+    report = plan(
+        requests,
+        args.rps,
+        args.threshold,
+        args.slo_p95,
+        latency_slack=args.latency_slack,
+        max_concurrency=args.max_concurrency,
+        latency_target_s=args.latency_target_ms / 1000 if args.latency_target_ms else None,
+    )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -251,9 +272,12 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give a prompt or --messages FILE")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}
+    params = config.collab_params().replace(**overrides)  # bad overrides fail before any model loads
+    refused = RoutingConfig.entropy_refused(params.entropy, config.small.engine)
+    if refused:
+        raise ValueError(f"--entropy: {refused}")
     collaborator = load_collaborator(config)
     try:
-        collaborator.params.replace(**overrides)  # bad overrides fail before any work
         result = asyncio.run(collaborator.run(messages=messages, prompt=prompt, **overrides))
     finally:
         close_collaborator(collaborator)

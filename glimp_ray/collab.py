@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from glimp_ray.engine.base import PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
-from glimp_ray.policies import LARGE, SMALL, Route, make_policy
+from glimp_ray.policies import LARGE, SMALL, Route, engine_threshold, make_policy
 from glimp_ray.records import CollabResult, StepRecord, StopReason, record_of
 from glimp_ray.types import GenerateSpec, GlimpseSpec, Message, SamplingParams, StepRequest, StepResult
 
@@ -80,9 +80,11 @@ class _Run:
         self.messages = tuple(dict(m) for m in messages) if messages is not None else None
         self.prompt = prompt
         self.request_id = request_id
-        self.policy = make_policy(params.policy, params.threshold, params.random_p)
-        # Per request: a fixed seed must not give every request the same random routes.
-        self.rng = random.Random(f"{params.seed}:{request_id}") if params.seed is not None else random.Random()
+        self.rules = params.rules
+        self.policy = make_policy(params.policy, params.threshold, params.random_p, self.rules.large_at_threshold)
+        # The seed alone, not the request id (which the API and batch jobs draw at random), so
+        # a seeded request routes the same way every time it is sent.
+        self.rng = random.Random(params.seed)
         self.transcript = ""
         self.used: set[Route] = set()
 
@@ -97,7 +99,25 @@ class _Run:
         return SamplingParams(self.params.temperature, self.params.top_p, seed)
 
     def _glimpse(self, threshold: float | None) -> GlimpseSpec:
+        if threshold is not None:
+            threshold = engine_threshold(threshold, self.rules.large_at_threshold)
         return GlimpseSpec(self.params.entropy, self.params.top_k, threshold)
+
+    def _joined(self, record: StepRecord) -> str:
+        """The step's text as the transcript holds it: as written, or (reference rule) always
+        followed by the delimiter, also when ``max_tokens`` cut it."""
+        delimiter = self.params.delimiter
+        if self.rules.delimiter_after_every_step and not record.text.endswith(delimiter):
+            return record.text + delimiter
+        return record.text
+
+    def _answer_context(self) -> str:
+        """The transcript the answer model sees before the think-end marker and blank line the
+        engine adds: as written, or (reference rule) the steps joined by the delimiter and a
+        newline."""
+        if not self.rules.newline_before_think_end:
+            return self.transcript
+        return self.transcript.removesuffix(self.params.delimiter) + "\n"
 
     async def _call(self, route: Route, **kwargs: object) -> StepResult:
         self.used.add(route)
@@ -159,7 +179,9 @@ class _Run:
         used_tokens = 0
         stop_reason: StopReason = "budget"
         while used_tokens < p.thinking_budget:
-            max_tokens = min(p.step_max_tokens, p.thinking_budget - used_tokens)
+            max_tokens = p.step_max_tokens
+            if self.rules.clip_to_budget:
+                max_tokens = min(max_tokens, p.thinking_budget - used_tokens)
             try:
                 record = await self._thinking_step(len(steps), max_tokens)
             except PromptTooLongError:
@@ -167,7 +189,8 @@ class _Run:
                     raise  # the prompt itself does not fit: the client's error
                 stop_reason = "context"  # the thinking filled a model's context
                 break
-            repeats = bool(steps) and bool(record.text) and record.text == steps[-1].text
+            record.text = self._joined(record)  # what the transcript, the stream and the trace hold
+            repeats = len(steps) >= self.rules.first_repeat_step and bool(record.text) and record.text == steps[-1].text
             steps.append(record)
             used_tokens += record.tokens
             self.transcript += record.text
@@ -187,6 +210,7 @@ class _Run:
         answer_route = p.resolved_answer_model
         t0 = time.perf_counter()
         try:
+            self.transcript = self._answer_context()
             result = await self._call(
                 answer_route,
                 close_thinking=True,

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
+from glimp_ray.params import REFERENCE_TOP_K, Preset, check_preset
 from glimp_ray.policies import RandomP
 
 
@@ -23,8 +24,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_VLLM_ONLY = ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "enforce_eager", "tensor_parallel_size")
-_HF_ONLY = ("device", "max_running", "max_batch_tokens", "batching")
+_VLLM_ONLY = (
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "enforce_eager",
+    "tensor_parallel_size",
+    "cpu_threads_bind",
+    "block_size",
+)
+_HF_ONLY = ("device", "max_running", "max_batch_tokens", "batching", "kv_cache_gib")
 
 
 class ModelConfig(StrictModel):
@@ -33,7 +42,9 @@ class ModelConfig(StrictModel):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers (exact full-vocabulary entropy); vllm: vLLM's AsyncLLM (top-k only)."
     )
-    model: str = Field(description="Local HF model directory or hub id.")
+    model: str = Field(
+        description="Local HF model directory or hub id; demo:NAME is a demo model shipped with the package."
+    )
     tokenizer: str | None = Field(None, description="Tokenizer directory or id; defaults to `model`.")
     name: str | None = Field(None, description="Name in traces and APIs; defaults to the directory name.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
@@ -51,6 +62,12 @@ class ModelConfig(StrictModel):
         description="Bound on the decode batch: running requests x the longest context; admission waits above it.",
     )
     batching: bool = Field(True, description="Continuous batching; off runs one sequence per forward.")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="hf: KV cache budget in GiB, the sessions' caches and the decode batch together (admission "
+        "waits, idle sessions are evicted); default: 80% of the CUDA device's free memory after loading, else 4 GiB.",
+    )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
     # --- vLLM engine only ------------------------------------------------------------
     gpu_memory_utilization: float = Field(
@@ -60,6 +77,31 @@ class ModelConfig(StrictModel):
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences in a batch; defaults to max_running.")
     enforce_eager: bool = Field(False, description="vLLM: no graph capture or compilation (faster start).")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one replica shards the model over.")
+    cpu_threads_bind: str | None = Field(
+        None,
+        pattern=r"^(auto|nobind|[0-9,\-|]+)$",
+        description="vLLM CPU build: cores its OpenMP threads bind to (VLLM_CPU_OMP_THREADS_BIND), e.g. '0' or "
+        "'4-7'; engines sharing a machine need disjoint sets.",
+    )
+
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM: tokens per KV block, the unit its prefix cache reuses (default 16 on GPUs, 128 on "
+        "CPUs; short contexts need a small one to be reused).",
+    )
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _shipped_demo_model(cls, value: str | None) -> str | None:
+        """``demo:large`` names ``glimp_ray/demo/models/large`` wherever the process runs."""
+        if value is None or not value.startswith("demo:"):
+            return value
+        path = DEMO_MODELS / value.removeprefix("demo:")
+        if not (path / "config.json").is_file():
+            shipped = ", ".join(sorted(f"demo:{p.name}" for p in DEMO_MODELS.iterdir() if p.is_dir()))
+            raise ValueError(f"no demo model {value!r}; shipped: {shipped}")
+        return str(path)
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the chosen engine's ``load`` (HFEngine's or VLLMEngine's)."""
@@ -83,18 +125,52 @@ class ModelConfig(StrictModel):
 
 
 class RoutingConfig(StrictModel):
-    """Which model writes each step."""
+    """Which model writes each step, and under which loop rules."""
 
+    preset: Preset = Field(
+        "glimp",
+        description="glimp: this project's loop rules; reference: the paper's reference code's (H >= τ goes large, "
+        "a repeat ends the thinking from the 3rd step, every step is followed by the delimiter, the last step is "
+        "not clipped to the budget, the answer follows '\\n</think>\\n\\n'). reference sets entropy: topk and "
+        "top_k: 20; other values with it are an error. README: 'The reference preset'.",
+    )
     policy: Literal["entropy", "small", "large", "random"] = Field(
         "entropy", description="entropy (GlimpRouter), small-only, large-only or random baseline."
     )
     mode: Literal["fused", "paper"] = Field(
         "fused", description="fused: one small call glimpses and continues; paper: separate glimpse call."
     )
-    threshold: float = Field(1.0, description="τ: steps whose glimpse entropy (nats) exceeds it go large.")
-    entropy: Literal["full", "topk"] = Field("full", description="Entropy over the full vocabulary or top-k.")
+    threshold: float = Field(
+        1.0, description="τ: steps whose glimpse entropy (nats) exceeds it go large (reaches it: preset reference)."
+    )
+    entropy: Literal["full", "topk"] = Field(
+        "full", description="Entropy over the full vocabulary or the top-k renormalised (a vLLM small model: topk)."
+    )
     top_k: int = Field(20, ge=1, description="k for top-k entropy (renormalised).")
     random_p: RandomP = Field(0.25, description="Large-step probability of the random policy.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_glimpse(cls, data: Any) -> Any:
+        """The reference preset's entropy, unless the section chooses one (checked below)."""
+        if isinstance(data, dict) and data.get("preset") == "reference":
+            return {"entropy": "topk", "top_k": REFERENCE_TOP_K, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _preset_glimpse(self) -> RoutingConfig:
+        check_preset(self.preset, self.entropy, self.top_k)
+        return self
+
+    @staticmethod
+    def entropy_refused(entropy: str, small_engine: str) -> str | None:
+        """Why the small model's engine cannot glimpse ``entropy`` (``None``: it can)."""
+        if entropy == "full" and small_engine == "vllm":
+            return (
+                "the small model runs on vLLM, which gives top-k logprobs only: set entropy topk "
+                "(τ on the top-k scale, at most ln(top_k))"
+            )
+        return None
 
 
 class SamplingConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""The parameters of one collaboration: routing, step shape, budgets, sampling."""
+"""The parameters of one collaboration: routing, step shape, budgets, sampling, and the preset
+whose loop rules they run under."""
 
 from __future__ import annotations
 
@@ -12,6 +13,44 @@ from glimp_ray.types import EntropyKind, GlimpseSpec, SamplingParams
 
 Mode = Literal["fused", "paper"]
 AnswerModel = Literal["auto", "small", "large"]
+Preset = Literal["glimp", "reference"]
+PRESETS: tuple[Preset, ...] = ("glimp", "reference")
+REFERENCE_TOP_K = 20
+
+
+@dataclass(frozen=True)
+class LoopRules:
+    """The loop's rules where the paper's reference code and this project's default differ."""
+
+    large_at_threshold: bool
+    """A glimpse entropy equal to τ goes large (``H >= τ``), not only one above it."""
+    first_repeat_step: int
+    """Index of the first step that ends the thinking by repeating the step before it."""
+    delimiter_after_every_step: bool
+    """A step cut by ``max_tokens`` is followed by the delimiter too, as every other step is."""
+    clip_to_budget: bool
+    """A step's ``max_tokens`` is clipped to the thinking budget left."""
+    newline_before_think_end: bool
+    r"""The answer's context is the steps joined by the delimiter, then ``"\n</think>\n\n"``."""
+
+
+PRESET_RULES: dict[Preset, LoopRules] = {
+    # This project: a step's text is kept as written; the budget is a hard cap.
+    "glimp": LoopRules(False, 1, False, True, False),
+    # github.com/Zengwh02/GlimpRouter, src/glimp_router.py.
+    "reference": LoopRules(True, 2, True, False, True),
+}
+
+
+def check_preset(preset: str, entropy: str, top_k: int) -> None:
+    """The reference preset glimpses the reference code's entropy: top-20, renormalised."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if preset == "reference" and (entropy, top_k) != ("topk", REFERENCE_TOP_K):
+        raise ValueError(
+            f"preset reference glimpses the top-{REFERENCE_TOP_K} entropy (entropy topk, top_k "
+            f"{REFERENCE_TOP_K}), not entropy {entropy} with top_k {top_k}; use preset glimp for another"
+        )
 
 
 @dataclass(frozen=True)
@@ -20,9 +59,13 @@ class CollabParams:
 
     ``answer_model="auto"`` answers with the large model, except under the ``small``
     policy, whose baseline never touches the large model. ``stop`` strings end the answer
-    (and are left out of it, as OpenAI does); they do not cut the thinking.
+    (and are left out of it, as OpenAI does); they do not cut the thinking. ``preset`` picks the
+    loop's :class:`LoopRules`; ``reference`` also needs ``entropy="topk"`` and ``top_k=20``, which
+    :meth:`replace` fills in when it switches to it. ``seed`` seeds the sampling and the random
+    policy: one seed routes every request alike.
     """
 
+    preset: Preset = "glimp"
     policy: str = "entropy"
     mode: Mode = "fused"
     threshold: float = 1.0
@@ -58,15 +101,24 @@ class CollabParams:
             raise ValueError("stop strings must be non-empty strings")
         # Checked here so a bad value fails before any model is called.
         GlimpseSpec(self.entropy, self.top_k)
+        check_preset(self.preset, self.entropy, self.top_k)
         SamplingParams(self.temperature, self.top_p)
 
     def replace(self, **overrides: object) -> CollabParams:
-        """A copy with ``overrides`` applied (``None`` values are ignored)."""
+        """A copy with ``overrides`` applied (``None`` values are ignored). Switching to the
+        reference preset also sets its entropy unless ``overrides`` choose one (a different one is
+        then an error)."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         changes = {k: v for k, v in overrides.items() if v is not None}
+        if changes.get("preset") == "reference":
+            changes = {"entropy": "topk", "top_k": REFERENCE_TOP_K, **changes}
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def rules(self) -> LoopRules:
+        return PRESET_RULES[self.preset]
 
     @property
     def resolved_answer_model(self) -> Route:

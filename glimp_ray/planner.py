@@ -1,96 +1,34 @@
 """Threshold calibration and capacity planning from traced routing decisions.
 
-Both read the JSON-lines spans written by :mod:`glimp_ray.tracing`. A step span carries
-its route, glimpse entropy, tokens and model seconds; re-routing the traced entropies at
-another τ predicts the routing ratio and the work each pool would see (what-if).
+Both read the traced requests of :mod:`glimp_ray.traces`. A step carries its route, glimpse
+entropy, tokens, model seconds and the concurrency its replica ran it at; re-routing the traced
+entropies at another τ predicts the routing ratio and the work each pool would see (what-if).
 
-Capacity model: a replica serves one second of model time per second; it runs at most at
-``target_utilization``. With ``slo_p95`` the replicas also keep the predicted p95 latency,
-``traced p95 × 1 / (1 - ρ)`` for the busiest pool's utilization ρ (an M/M/1-style
-inflation), under the objective.
+Capacity model (:mod:`glimp_ray.capacity`, shared with the autoscaler): a replica batches, so its
+per-token latency is ``ℓ(b)`` at ``b`` concurrent calls, fitted per pool from the traced calls
+(concurrency, model seconds per token). A pool at ``rps`` generates ``demand`` tokens/s (its
+steps' and answers' tokens, and one token per glimpse on the small pool) and gets
+``demand × ℓ(b*) / b*`` replicas, ``b*`` being the most calls per replica within
+``max_concurrency`` that keep ``ℓ`` under the latency target. Its replicas then run ``b`` calls
+each, where ``T(b) = demand / replicas``; every traced call's model time is rescaled by
+``ℓ(b) / ℓ(b_traced)`` and the rest of each request's latency (router, Ray calls) is kept, which
+gives the predicted latencies and their p95. Batched calls are never summed as if serial, and a
+glimpse costs its model time, not the router's wall clock.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from glimp_ray.capacity import BatchingCurve, Observation, replicas_for
 from glimp_ray.eval.metrics import percentile, quantile_threshold
 from glimp_ray.policies import routes_large
-from glimp_ray.tracing import SPAN_ANSWER, SPAN_REQUEST, SPAN_STEP
+from glimp_ray.traces import TracedCall, TracedRequest, entropies, observed_large_fraction, requests_from_spans
 
-
-@dataclass(frozen=True)
-class TracedStep:
-    route: str
-    entropy: float | None
-    tokens: int
-    model_s: float
-    glimpse_s: float
-
-
-@dataclass(frozen=True)
-class TracedRequest:
-    trace_id: str
-    steps: tuple[TracedStep, ...]
-    answer_route: str
-    answer_tokens: int
-    answer_model_s: float
-    latency_s: float
-
-
-def requests_from_spans(spans: Sequence[dict[str, Any]]) -> list[TracedRequest]:
-    """Group step and answer spans under their request span."""
-    steps: dict[str, list[tuple[int, TracedStep]]] = defaultdict(list)
-    answers: dict[str, dict[str, Any]] = {}
-    roots: dict[str, dict[str, Any]] = {}
-    for span in spans:
-        attributes = span.get("attributes", {})
-        parent = span.get("parent_span_id")
-        if span["name"] == SPAN_REQUEST:
-            roots[span["span_id"]] = span
-        elif span["name"] == SPAN_STEP and parent:
-            step = TracedStep(
-                route=attributes["glimp.route"],
-                entropy=attributes.get("glimp.entropy"),
-                tokens=int(attributes.get("glimp.tokens.generated", 0)),
-                model_s=float(attributes.get("glimp.model_s", 0.0)),
-                glimpse_s=float(attributes.get("glimp.glimpse_s", 0.0)),
-            )
-            steps[parent].append((int(attributes.get("glimp.step.index", 0)), step))
-        elif span["name"] == SPAN_ANSWER and parent:
-            answers[parent] = attributes
-    requests = []
-    for span_id, root in roots.items():
-        if span_id not in answers:
-            continue  # failed or abandoned: no answer, no latency to learn from
-        answer = answers[span_id]
-        requests.append(
-            TracedRequest(
-                trace_id=root.get("trace_id", span_id),
-                steps=tuple(step for _, step in sorted(steps.get(span_id, []), key=lambda p: p[0])),
-                answer_route=answer.get("glimp.route", "large"),
-                answer_tokens=int(answer.get("glimp.tokens.generated", 0)),
-                answer_model_s=float(answer.get("glimp.model_s", 0.0)),
-                latency_s=float(root.get("attributes", {}).get("glimp.latency_s", 0.0)),
-            )
-        )
-    if not requests:
-        raise ValueError("no finished glimp.request spans in the trace")
-    return requests
-
-
-def entropies(requests: Sequence[TracedRequest]) -> list[float]:
-    return [s.entropy for r in requests for s in r.steps if s.entropy is not None]
-
-
-def observed_large_fraction(requests: Sequence[TracedRequest]) -> float:
-    steps = [s for r in requests for s in r.steps]
-    return sum(s.route == "large" for s in steps) / len(steps) if steps else 0.0
-
+__all__ = ["calibrate", "format_plan", "plan", "plot_plan", "requests_from_spans"]
 
 def calibrate(
     requests: Sequence[TracedRequest],
@@ -120,33 +58,88 @@ def calibrate(
     return report
 
 
-@dataclass(frozen=True)
-class PoolRates:
-    """Measured from the trace: model seconds per generated token, and per glimpse."""
-
-    small_s_per_token: float
-    large_s_per_token: float
-    glimpse_s: float
+POOLS = ("small", "large")
 
 
-def measure_rates(requests: Sequence[TracedRequest]) -> PoolRates:
-    tokens = {"small": 0, "large": 0}
-    seconds = {"small": 0.0, "large": 0.0}
-    glimpses = []
+def fit_curves(requests: Sequence[TracedRequest]) -> dict[str, BatchingCurve]:
+    """Each pool's batching curve from its traced calls; a pool never traced borrows the other's."""
+    points: dict[str, list[Observation]] = {pool: [] for pool in POOLS}
     for r in requests:
-        for s in r.steps:
-            tokens[s.route] += s.tokens
-            seconds[s.route] += s.model_s
-            if s.route == "large" and s.glimpse_s > 0:
-                glimpses.append(s.glimpse_s)
-        tokens[r.answer_route] += r.answer_tokens
-        seconds[r.answer_route] += r.answer_model_s
-    rate = {p: seconds[p] / tokens[p] if tokens[p] else math.nan for p in tokens}
-    if math.isnan(rate["small"]) and math.isnan(rate["large"]):
+        for call in r.calls:
+            if call.tokens > 0 and call.model_s > 0 and call.route in points:
+                points[call.route].append(Observation(call.concurrency, call.model_s / call.tokens, call.tokens))
+    curves = {pool: BatchingCurve.fit(points[pool]) for pool in POOLS}
+    if curves["small"] is None and curves["large"] is None:
         raise ValueError("the trace has no generated tokens")
-    # A pool never seen in the trace borrows the other's rate.
-    rate = {p: rate[p] if not math.isnan(rate[p]) else rate["large" if p == "small" else "small"] for p in rate}
-    return PoolRates(rate["small"], rate["large"], sum(glimpses) / len(glimpses) if glimpses else 0.0)
+    return {pool: curves[pool] or curves["large" if pool == "small" else "small"] for pool in POOLS}  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A traced call as it runs at a what-if τ: its pool, and the glimpse it needs on the small pool."""
+
+    call: TracedCall
+    route: str
+    glimpse_model_s: float  # 0 when it has no glimpse (a small step, or an answer)
+    glimpse_concurrency: float  # the concurrency the glimpse's traced model time was measured at
+
+
+def reroute(requests: Sequence[TracedRequest], threshold: float | None) -> list[list[Routed]]:
+    """Every request's calls at τ (``None``: as traced). A step moved to the large pool gets the
+    trace's mean glimpse; one moved to the small pool loses its glimpse."""
+    glimpses = [s.glimpse_model_s for r in requests for s in r.steps if s.glimpse_model_s > 0]
+    mean_glimpse = sum(glimpses) / len(glimpses) if glimpses else 0.0
+    routed = []
+    for r in requests:
+        calls = []
+        for s in r.steps:
+            route = s.route
+            if threshold is not None and s.entropy is not None:
+                route = "large" if routes_large(s.entropy, threshold) else "small"
+            glimpse = 0.0
+            if route == "large" and s.entropy is not None:
+                glimpse = s.glimpse_model_s if s.route == "large" and s.glimpse_model_s > 0 else mean_glimpse
+            # A glimpse's own concurrency on the small pool is not traced: taken as a lone call's.
+            calls.append(Routed(s, route, glimpse, 1.0))
+        calls.append(Routed(r.answer, r.answer.route, 0.0, 1.0))
+        routed.append(calls)
+    return routed
+
+
+def pool_demand(routed: Sequence[Sequence[Routed]]) -> dict[str, float]:
+    """Tokens per request each pool generates (a glimpse counts one token on the small pool)."""
+    tokens = dict.fromkeys(POOLS, 0.0)
+    for calls in routed:
+        for c in calls:
+            tokens[c.route] += c.call.tokens
+            tokens["small"] += 1.0 if c.glimpse_model_s > 0 else 0.0
+    return {pool: tokens[pool] / len(routed) for pool in POOLS}
+
+
+def predicted_latencies(
+    requests: Sequence[TracedRequest],
+    routed: Sequence[Sequence[Routed]],
+    curves: dict[str, BatchingCurve],
+    concurrency: dict[str, float],
+) -> list[float]:
+    """Each request's latency with its calls' model time rescaled to the pools' concurrency."""
+    latencies = []
+    for r, calls in zip(requests, routed, strict=True):
+        traced_model_s = sum(c.model_s + c.glimpse_model_s for c in r.calls)
+        overhead = max(r.latency_s - traced_model_s, 0.0)
+        model_s = 0.0
+        for c in calls:
+            pool, call = c.route, c.call
+            at = curves[pool].latency(max(concurrency[pool], 1.0))
+            if pool == call.route and call.model_s > 0:
+                model_s += call.model_s * at / curves[pool].latency(call.concurrency)
+            else:
+                model_s += call.tokens * at
+            if c.glimpse_model_s > 0:
+                small_at = curves["small"].latency(max(concurrency["small"], 1.0))
+                model_s += c.glimpse_model_s * small_at / curves["small"].latency(c.glimpse_concurrency)
+        latencies.append(overhead + model_s)
+    return latencies
 
 
 @dataclass
@@ -154,11 +147,13 @@ class CapacityPlan:
     threshold: float | None
     large_step_fraction: float
     large_token_fraction: float
-    small_work_s: float  # model seconds per request on the small pool
-    large_work_s: float
+    small_tokens: float  # tokens per request on the small pool (glimpses included)
+    large_tokens: float
     small_replicas: int
     large_replicas: int
-    small_utilization: float
+    small_concurrency: float  # calls each replica runs at this load
+    large_concurrency: float
+    small_utilization: float  # that concurrency over max_concurrency (share of batch slots in use)
     large_utilization: float
     predicted_p95_s: float
 
@@ -166,64 +161,20 @@ class CapacityPlan:
         return asdict(self)
 
 
-def demand(requests: Sequence[TracedRequest], rates: PoolRates, threshold: float | None) -> dict[str, float]:
-    """Per-request model seconds and token counts per pool, as traced (``None``) or re-routed at τ."""
-    work = {"small": 0.0, "large": 0.0}
-    tokens = {"small": 0, "large": 0}
-    steps = large_steps = 0
-    for r in requests:
-        for s in r.steps:
-            if threshold is None or s.entropy is None:
-                route = s.route
-            else:
-                route = "large" if routes_large(s.entropy, threshold) else "small"
-            per_token = rates.small_s_per_token if route == "small" else rates.large_s_per_token
-            work[route] += s.tokens * per_token
-            tokens[route] += s.tokens
-            if route == "large" and (threshold is not None or s.glimpse_s > 0):
-                work["small"] += rates.glimpse_s  # the glimpse that sent it large
-            steps += 1
-            large_steps += route == "large"
-        per_token = rates.small_s_per_token if r.answer_route == "small" else rates.large_s_per_token
-        work[r.answer_route] += r.answer_tokens * per_token
-        tokens[r.answer_route] += r.answer_tokens
-    n = len(requests)
-    total_tokens = tokens["small"] + tokens["large"]
-    return {
-        "small_work_s": work["small"] / n,
-        "large_work_s": work["large"] / n,
-        "large_step_fraction": large_steps / steps if steps else 0.0,
-        "large_token_fraction": tokens["large"] / total_tokens if total_tokens else 0.0,
-    }
-
-
 def size_pools(
     rps: float,
-    small_work_s: float,
-    large_work_s: float,
-    base_p95_s: float,
-    target_utilization: float = 0.7,
-    slo_p95_s: float | None = None,
-    max_replicas: int = 10_000,
-) -> tuple[int, int, float]:
-    """Replicas per pool for ``rps`` requests/s; returns (small, large, predicted p95)."""
-    if rps <= 0:
-        raise ValueError(f"rps must be > 0, got {rps}")
-    if not 0 < target_utilization < 1:
-        raise ValueError(f"target utilization must be in (0, 1), got {target_utilization}")
-    load = {"small": rps * small_work_s, "large": rps * large_work_s}  # busy replicas needed
-    replicas = {p: max(1, math.ceil(load[p] / target_utilization - 1e-9)) for p in load}
-
-    def p95() -> float:
-        rho = max(load[p] / replicas[p] for p in load)
-        return base_p95_s / (1 - rho)
-
-    while slo_p95_s is not None and p95() > slo_p95_s:
-        busiest = max(load, key=lambda p: load[p] / replicas[p])
-        replicas[busiest] += 1
-        if replicas[busiest] > max_replicas:
-            raise ValueError(f"the p95 objective {slo_p95_s} s is below the unloaded p95 {base_p95_s:.3f} s")
-    return replicas["small"], replicas["large"], p95()
+    tokens: dict[str, float],
+    curves: dict[str, BatchingCurve],
+    max_concurrency: int,
+    latency_target: dict[str, float],
+) -> dict[str, int]:
+    """Replicas per pool: each runs at most the concurrency that meets its per-token latency target."""
+    replicas = {}
+    for pool in POOLS:
+        demand = rps * tokens[pool]
+        target = curves[pool].target_concurrency(latency_target[pool], max_concurrency)
+        replicas[pool] = max(1, math.ceil(replicas_for(demand, curves[pool], target) - 1e-6)) if demand else 1
+    return replicas
 
 
 def plan(
@@ -231,70 +182,118 @@ def plan(
     rps: float,
     thresholds: Sequence[float] = (),
     slo_p95_s: float | None = None,
-    target_utilization: float = 0.7,
+    latency_slack: float = 2.0,
+    max_concurrency: int = 32,
+    latency_target_s: float | None = None,
+    max_replicas: int = 10_000,
 ) -> dict[str, Any]:
-    """The traced routing and capacity, and the same for each what-if τ."""
-    rates = measure_rates(requests)
+    """The traced routing and capacity, and the same for each what-if τ.
+
+    ``latency_target_s``: seconds per token a call may see (default ``latency_slack`` × a lone
+    call's); ``max_concurrency``: calls a replica runs at once (``max_running`` /
+    ``max_num_seqs``); ``slo_p95_s`` adds replicas until the predicted p95 meets it.
+    """
+    if rps <= 0:
+        raise ValueError(f"rps must be > 0, got {rps}")
+    if latency_slack < 1:
+        raise ValueError(f"latency_slack must be >= 1, got {latency_slack}")
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    curves = fit_curves(requests)
+    target = {
+        pool: latency_target_s if latency_target_s is not None else latency_slack * curves[pool].base_s
+        for pool in POOLS
+    }
     latencies = [r.latency_s for r in requests]
-    traced_p95 = percentile(latencies, 95)
-    traced_mean = sum(latencies) / len(latencies)
-    traced = demand(requests, rates, None)
     plans = []
     for threshold in [None, *thresholds]:
-        d = traced if threshold is None else demand(requests, rates, threshold)
-        # Unloaded latency scales with the model time a request needs at this τ.
-        traced_work = traced["small_work_s"] + traced["large_work_s"]
-        scale = (d["small_work_s"] + d["large_work_s"]) / traced_work if traced_work else 1.0
-        small, large, p95 = size_pools(
-            rps, d["small_work_s"], d["large_work_s"], traced_p95 * scale, target_utilization, slo_p95_s
-        )
+        routed = reroute(requests, threshold)
+        tokens = pool_demand(routed)
+        replicas = size_pools(rps, tokens, curves, max_concurrency, target)
+
+        def evaluate(replicas: dict[str, int]) -> tuple[dict[str, float], float]:
+            b = {p: curves[p].concurrency_at(rps * tokens[p], replicas[p]) for p in POOLS}
+            if any(b[p] > max_concurrency for p in POOLS):
+                return b, math.inf
+            return b, percentile(predicted_latencies(requests, routed, curves, b), 95)
+
+        concurrency, p95 = evaluate(replicas)
+        while slo_p95_s is not None and p95 > slo_p95_s:
+            options = []
+            for pool in POOLS:
+                more = {**replicas, pool: replicas[pool] + 1}
+                options.append((evaluate(more)[1], pool))
+            best_p95, best = min(options)
+            if best_p95 >= p95 or replicas[best] >= max_replicas:
+                raise ValueError(
+                    f"the p95 objective {slo_p95_s} s is below what more replicas reach ({p95:.3f} s: "
+                    "the latency outside the models, or a lone call's)"
+                )
+            replicas[best] += 1
+            concurrency, p95 = evaluate(replicas)
+        steps = [c for calls in routed for c in calls[:-1]]
+        large_steps = sum(c.route == "large" for c in steps)
+        step_tokens = {p: sum(c.call.tokens for calls in routed for c in calls if c.route == p) for p in POOLS}
+        total = step_tokens["small"] + step_tokens["large"]
         plans.append(
             CapacityPlan(
                 threshold=threshold,
-                large_step_fraction=d["large_step_fraction"],
-                large_token_fraction=d["large_token_fraction"],
-                small_work_s=d["small_work_s"],
-                large_work_s=d["large_work_s"],
-                small_replicas=small,
-                large_replicas=large,
-                small_utilization=rps * d["small_work_s"] / small,
-                large_utilization=rps * d["large_work_s"] / large,
+                large_step_fraction=large_steps / len(steps) if steps else 0.0,
+                large_token_fraction=step_tokens["large"] / total if total else 0.0,
+                small_tokens=tokens["small"],
+                large_tokens=tokens["large"],
+                small_replicas=replicas["small"],
+                large_replicas=replicas["large"],
+                small_concurrency=concurrency["small"],
+                large_concurrency=concurrency["large"],
+                small_utilization=concurrency["small"] / max_concurrency,
+                large_utilization=concurrency["large"] / max_concurrency,
                 predicted_p95_s=p95,
             )
         )
+    glimpses = [s.glimpse_model_s for r in requests for s in r.steps if s.glimpse_model_s > 0]
     return {
         "requests": len(requests),
         "rps": rps,
-        "target_utilization": target_utilization,
+        "max_concurrency": max_concurrency,
+        "latency_target_s": target,
         "slo_p95_s": slo_p95_s,
-        "traced_mean_latency_s": traced_mean,
-        "traced_p95_latency_s": traced_p95,
-        "service_rate_tokens_per_s": {
-            "small": 1 / rates.small_s_per_token if rates.small_s_per_token else math.inf,
-            "large": 1 / rates.large_s_per_token if rates.large_s_per_token else math.inf,
-        },
-        "glimpse_s": rates.glimpse_s,
+        "traced_mean_latency_s": sum(latencies) / len(latencies),
+        "traced_p95_latency_s": percentile(latencies, 95),
+        "curves": {p: {"base_s": curves[p].base_s, "slope_s": curves[p].slope_s} for p in POOLS},
+        "glimpse_model_s": sum(glimpses) / len(glimpses) if glimpses else 0.0,
         "plans": [p.to_dict() for p in plans],
     }
 
 
 def format_plan(report: dict[str, Any]) -> str:
-    rates = report["service_rate_tokens_per_s"]
+    curves, target = report["curves"], report["latency_target_s"]
+
+    def curve(pool: str) -> str:
+        c = curves[pool]
+        return (
+            f"{pool} {c['base_s'] * 1000:.2f} ms/token + {c['slope_s'] * 1000:.3f} ms per extra call "
+            f"(target {target[pool] * 1000:.2f} ms)"
+        )
+
     lines = [
-        f"{report['requests']} traced requests; target {report['rps']:g} requests/s at utilization "
-        f"≤ {report['target_utilization']:.0%}" + (f", p95 ≤ {report['slo_p95_s']:g} s" if report["slo_p95_s"] else ""),
-        f"service rate: small {rates['small']:.1f} tokens/s, large {rates['large']:.1f} tokens/s per replica; "
-        f"glimpse {report['glimpse_s'] * 1000:.2f} ms; traced latency mean {report['traced_mean_latency_s']:.3f} s, "
-        f"p95 {report['traced_p95_latency_s']:.3f} s",
+        f"{report['requests']} traced requests; target {report['rps']:g} requests/s, at most "
+        f"{report['max_concurrency']} calls per replica"
+        + (f", p95 ≤ {report['slo_p95_s']:g} s" if report["slo_p95_s"] else ""),
+        f"per-token latency: {curve('small')}; {curve('large')}",
+        f"glimpse {report['glimpse_model_s'] * 1000:.2f} ms of model time; traced latency mean "
+        f"{report['traced_mean_latency_s']:.3f} s, p95 {report['traced_p95_latency_s']:.3f} s",
         "",
-        "| τ | large steps | large tokens | small s/req | large s/req | small replicas | large replicas | p95 (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| τ | large steps | large tokens | small tokens/req | large tokens/req | small replicas | large replicas "
+        "| calls/replica (small, large) | p95 (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["plans"]:
         tau = "traced" if p["threshold"] is None else f"{p['threshold']:.3f}"
         lines.append(
-            f"| {tau} | {p['large_step_fraction']:.1%} | {p['large_token_fraction']:.1%} | {p['small_work_s']:.4f} | "
-            f"{p['large_work_s']:.4f} | {p['small_replicas']} | {p['large_replicas']} | {p['predicted_p95_s']:.3f} |"
+            f"| {tau} | {p['large_step_fraction']:.1%} | {p['large_token_fraction']:.1%} | {p['small_tokens']:.1f} | "
+            f"{p['large_tokens']:.1f} | {p['small_replicas']} | {p['large_replicas']} | "
+            f"{p['small_concurrency']:.1f}, {p['large_concurrency']:.1f} | {p['predicted_p95_s']:.3f} |"
         )
     return "\n".join(lines)
 

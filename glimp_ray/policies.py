@@ -6,6 +6,7 @@ seeded random generator, and returns :data:`SMALL` or :data:`LARGE`.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
@@ -19,9 +20,16 @@ PolicyName = Literal["entropy", "small", "large", "random"]
 POLICY_NAMES: tuple[PolicyName, ...] = ("entropy", "small", "large", "random")
 
 
-def routes_large(entropy: float, threshold: float) -> bool:
-    """GlimpRouter's rule, defined once: a step whose glimpse entropy exceeds τ goes large."""
-    return entropy > threshold
+def routes_large(entropy: float, threshold: float, at_threshold: bool = False) -> bool:
+    """GlimpRouter's rule, defined once: a step whose glimpse entropy exceeds τ goes large;
+    with ``at_threshold`` one equal to τ does too (the reference code's ``H >= τ``)."""
+    return entropy >= threshold if at_threshold else entropy > threshold
+
+
+def engine_threshold(threshold: float, at_threshold: bool) -> float:
+    """The τ to send an engine, which routes a fused glimpse on ``H > τ``: for ``H >= τ`` the float
+    just below τ, since no float lies between the two (``H > below`` is exactly ``H >= τ``)."""
+    return math.nextafter(threshold, -math.inf) if at_threshold else threshold
 
 
 def check_random_p(p: float) -> float:
@@ -48,15 +56,17 @@ class RoutingPolicy(Protocol):
 
 @dataclass(frozen=True)
 class EntropyPolicy:
-    """GlimpRouter: the large model writes the step when the glimpse entropy exceeds τ."""
+    """GlimpRouter: the large model writes the step when the glimpse entropy exceeds τ (or, with
+    ``at_threshold``, equals it)."""
 
     threshold: float
+    at_threshold: bool = False
     needs_glimpse: bool = True
 
     def __call__(self, entropy: float | None, rng: random.Random) -> Route:
         if entropy is None:
             raise ValueError("the entropy policy needs the glimpse entropy")
-        return LARGE if routes_large(entropy, self.threshold) else SMALL
+        return LARGE if routes_large(entropy, self.threshold, self.at_threshold) else SMALL
 
 
 @dataclass(frozen=True)
@@ -84,10 +94,10 @@ class RandomPolicy:
         return LARGE if rng.random() < self.p else SMALL
 
 
-def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25) -> RoutingPolicy:
+def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25, at_threshold: bool = False) -> RoutingPolicy:
     """Build a policy by name: ``entropy``, ``small``, ``large`` or ``random``."""
     if name == "entropy":
-        return EntropyPolicy(threshold)
+        return EntropyPolicy(threshold, at_threshold)
     if name == "small":
         return FixedPolicy(SMALL)
     if name == "large":

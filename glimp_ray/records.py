@@ -27,7 +27,8 @@ class StepRecord:
     tokens: int
     finish_reason: FinishReason
     latency_s: float
-    glimpse_s: float = 0.0
+    glimpse_s: float = 0.0  # wall-clock of the glimpse as the loop saw it (queueing and calls included)
+    glimpse_model_s: float = 0.0  # the glimpse's seconds in the small model (the capacity planner's cost)
     reused_tokens: int = 0
     prefill_tokens: int = 0
     queue_s: float = 0.0
@@ -115,6 +116,7 @@ def record_of(
         finish_reason=result.finish_reason,
         latency_s=latency_s,
         glimpse_s=glimpse_s,
+        glimpse_model_s=glimpse.model_s if glimpse else 0.0,
         reused_tokens=result.reused_tokens,
         prefill_tokens=result.prefill_tokens,
         queue_s=result.queue_s,

@@ -31,6 +31,9 @@ class StepServer:
         config = ModelConfig.model_validate(model)
         self.logger = logger or logging.getLogger(__name__)
         self.service = ServiceMeter(metrics_window_s)
+        self.max_concurrency = config.max_num_seqs or config.max_running
+        self.step_model_s = 0.0  # finished steps' seconds in the model, summed (request-seconds)
+        self.step_tokens = 0  # and their generated tokens
         self.engine = config.load_engine()
         if replica:
             self.engine.replica = replica
@@ -42,6 +45,8 @@ class StepServer:
         except InvalidRequestError as exc:
             self.logger.warning("step refused (%s): %s", request.session_id, exc)
             return StepRejected.of(exc)
+        self.step_model_s += result.model_s
+        self.step_tokens += result.generated_tokens
         self.logger.debug(
             "step %s: %s, %d tokens (%d reused, %d prefilled), queue %.3f s, model %.3f s",
             request.session_id,
@@ -69,12 +74,18 @@ class StepServer:
         }
 
     def service_stats(self) -> dict[str, float]:
-        """Service rate (tokens/s while busy) and queue, for the routing-ratio policy."""
-        self.service.add(time.monotonic(), self.engine.generated_tokens, self.engine.busy_s)
-        stats = {"queued": float(self.engine.queued)}
+        """Service rate, batching (concurrency and seconds per token) and queue, for the routing-ratio
+        policy."""
+        self.service.add(
+            time.monotonic(), self.engine.generated_tokens, self.engine.busy_s, self.step_model_s, self.step_tokens
+        )
+        stats = {"queued": float(self.engine.queued), "max_concurrency": float(self.max_concurrency)}
         rate = self.service.rate()
         if rate is not None:
             stats["service_rate"] = rate
+        batching = self.service.batching()
+        if batching is not None:
+            stats["concurrency"], stats["latency_s"] = batching
         return stats
 
     def check_health(self) -> None:

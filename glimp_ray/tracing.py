@@ -123,6 +123,7 @@ def step_attributes(record: StepRecord, threshold: float | None) -> dict[str, An
         "glimp.glimpse.prefill_tokens": record.glimpse_prefill_tokens,
         "glimp.latency_s": record.latency_s,
         "glimp.glimpse_s": record.glimpse_s,
+        "glimp.glimpse.model_s": record.glimpse_model_s,
         "glimp.model_s": record.model_s,
         "glimp.queue_s": record.queue_s,
         "glimp.replica": record.replica,

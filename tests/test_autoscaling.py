@@ -123,6 +123,16 @@ def test_service_meter_counts_busy_time_only() -> None:
     assert meter.rate() is None
 
 
+def test_service_meter_measures_a_batching_point() -> None:
+    meter = ServiceMeter(window_s=10)
+    meter.add(0.0, 0, 0.0, 0.0, 0)
+    assert meter.batching() is None
+    # 2 busy seconds in which finished calls spent 6 request-seconds on 300 tokens: 3 calls at
+    # once on average, 20 ms per token each.
+    meter.add(5.0, 300, 2.0, 6.0, 300)
+    assert meter.batching() == (pytest.approx(3.0), pytest.approx(0.02))
+
+
 def test_demand_meter_tracks_rate_and_ratio_over_its_window() -> None:
     meter = DemandMeter(window_s=10, start=0.0)
     for t in range(10):

@@ -192,16 +192,19 @@ def test_messages_or_prompt_exactly_one() -> None:
         asyncio.run(collab.run())
 
 
-def test_random_routes_differ_between_requests_with_one_seed() -> None:
-    entropies = [0.0] * 12
-    patterns = {
-        tuple(
-            s.model
-            for s in run(*scripted_pair(entropies), policy="random", random_p=0.5, seed=3, request_id=f"r{i}").steps
-        )
-        for i in range(6)
-    }
-    assert len(patterns) > 1
+def random_routes(seed: int | None, request_id: str) -> tuple[str, ...]:
+    result = run(*scripted_pair([0.0] * 12), policy="random", random_p=0.5, seed=seed, request_id=request_id)
+    return tuple(s.model for s in result.steps)
+
+
+def test_a_seed_routes_randomly_alike_whatever_the_request_id() -> None:
+    # The API and batch jobs draw request ids at random: the seed alone must fix the routes.
+    assert len({random_routes(3, f"r{i}") for i in range(6)}) == 1
+    assert random_routes(3, "a") != random_routes(4, "a")  # another seed, other routes
+
+
+def test_without_a_seed_random_routes_vary_by_request() -> None:
+    assert len({random_routes(None, "same") for _ in range(6)}) > 1
 
 
 def endless(name: str, context: int, answer: str = "the answer") -> ScriptedEngine:

@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from glimp_ray.config import ConfigError, load_config, parse_config
+from glimp_ray.config import ConfigError, ModelConfig, load_config, parse_config
+from glimp_ray.demo import DEMO_MODELS
 
 VALID = """
 small: {model: /models/small}
@@ -82,3 +84,11 @@ def test_a_small_pool_on_vllm_cannot_glimpse_full_entropy() -> None:
         parse_config({"small": {"model": "m", "engine": "vllm"}})
     # The large pool never glimpses: it may run on vLLM under either entropy.
     assert parse_config({"large": {"model": "m", "engine": "vllm"}}).large.engine == "vllm"
+
+
+def test_demo_models_are_named_by_demo_prefix() -> None:
+    config = ModelConfig(model="demo:small-h32", tokenizer="demo:small-h32")
+    assert Path(config.model) == DEMO_MODELS / "small-h32" and config.tokenizer == config.model
+    assert ModelConfig(model="demo:large").model == str(DEMO_MODELS / "large")
+    with pytest.raises(ValidationError, match="no demo model 'demo:huge'; shipped: demo:large, demo:small, demo:small-h32"):
+        ModelConfig(model="demo:huge")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from glimp_ray.config import parse_config
 
@@ -42,5 +43,36 @@ def test_gpu_configs_place_each_pool_on_its_node_type() -> None:
         serving = AppConfig.model_validate(args).serving
         assert serving.small.label_selector == {"glimp/pool": "small"} and serving.small.num_gpus > 0
         assert serving.large.label_selector == {"glimp/pool": "large"} and serving.large.num_gpus >= 1
-        actor = serving.large.deployment_options("LargePool")["ray_actor_options"]
-        assert actor["label_selector"] == {"glimp/pool": "large"} and "accelerator_type" in actor
+        config = AppConfig.model_validate(args)
+        assert config.small.engine == config.large.engine == "vllm" and config.routing.entropy == "topk"
+        options = serving.large.deployment_options("LargePool", config.large)
+        actor = options["ray_actor_options"]
+        tp = config.large.tensor_parallel_size
+        if tp == 1:
+            assert actor["label_selector"] == {"glimp/pool": "large"} and "accelerator_type" in actor
+            continue
+        # Sharded: a placement group per replica, a GPU bundle per shard, on the large nodes.
+        assert actor["num_gpus"] == 0 and "label_selector" not in actor
+        bundles = options["placement_group_bundles"]
+        assert len(bundles) == tp and all(b["GPU"] == 1 for b in bundles)
+        assert bundles[0]["CPU"] == serving.large.num_cpus
+        assert all(f"accelerator_type:{serving.large.accelerator_type}" in b for b in bundles)
+        assert options["placement_group_bundle_label_selector"] == [{"glimp/pool": "large"}]
+        assert options["placement_group_strategy"] == "STRICT_PACK"
+
+
+def test_tensor_parallel_pools_need_vllm_and_their_gpus() -> None:
+    from deployments.config import AppConfig
+
+    def args(engine: str, num_gpus: float) -> dict[str, object]:
+        return {
+            "large": {"model": "m", "engine": engine, "tensor_parallel_size": 4},
+            "routing": {"entropy": "topk"},
+            "serving": {"large": {"num_gpus": num_gpus}},
+        }
+
+    with pytest.raises(ValidationError, match="needs engine: vllm"):
+        AppConfig.model_validate(args("hf", 0))
+    with pytest.raises(ValidationError, match="num_gpus must be 0 or 4"):
+        AppConfig.model_validate(args("vllm", 1))
+    assert AppConfig.model_validate(args("vllm", 4)).large.tensor_parallel_size == 4

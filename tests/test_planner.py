@@ -72,30 +72,66 @@ def test_calibrate_returns_the_exact_quantile() -> None:
 
 
 def test_plan_matches_a_hand_computation() -> None:
-    report = plan(requests_from_spans(SPANS), rps=10, thresholds=[0.6], target_utilization=0.5)
-    assert report["service_rate_tokens_per_s"] == {"small": pytest.approx(100), "large": pytest.approx(50)}
-    assert report["glimpse_s"] == pytest.approx(0.01)
+    # No span times: every call counts as a lone one, so the curves are flat: 0.01 s/token small,
+    # 0.02 s/token large; the latency target is twice that, met at any concurrency (max 8).
+    spans = [dict(s) for s in SPANS]
+    spans[2] = step("r1", 1, "large", 2.0, 20, 0.40, glimpse_s=0.05)
+    spans[2]["attributes"]["glimp.glimpse.model_s"] = 0.005
+    report = plan(requests_from_spans(spans), rps=10, thresholds=[0.6], max_concurrency=8)
+    assert report["curves"]["small"] == {"base_s": pytest.approx(0.01), "slope_s": 0.0}
+    assert report["curves"]["large"] == {"base_s": pytest.approx(0.02), "slope_s": 0.0}
+    assert report["glimpse_model_s"] == pytest.approx(0.005)  # the model time, not the 50 ms wall clock
     traced, what_if = report["plans"]
-    # Small: (10*0.01 + 0.01 glimpse) + (20*0.01) = 0.31 s over 2 requests; large: (0.4 + 0.1) + 0.1 = 0.6 s.
-    assert traced["small_work_s"] == pytest.approx(0.155) and traced["large_work_s"] == pytest.approx(0.3)
+    # Small: r1 10 tokens + 1 glimpse, r2 20 tokens -> 15.5 per request; large: (20 + 5) + 5 -> 15.
+    assert traced["small_tokens"] == pytest.approx(15.5) and traced["large_tokens"] == pytest.approx(15)
     assert traced["large_step_fraction"] == 0.25 and traced["large_token_fraction"] == pytest.approx(0.5)
-    # 10 req/s: 1.55 and 3.0 busy replicas at 50% utilization -> 4 and 6 replicas.
-    assert (traced["small_replicas"], traced["large_replicas"]) == (4, 6)
-    # p95 of [0.4, 0.7] is 0.685; busiest pool at 0.5 utilization doubles it.
-    assert traced["predicted_p95_s"] == pytest.approx(1.37)
-    # τ = 0.6 re-routes r2's 0.8 step to the large model.
+    # 10 req/s: 155 tokens/s at 800 tokens/s per small replica (8 calls at 10 ms), 150 at 400: 1 each.
+    assert (traced["small_replicas"], traced["large_replicas"]) == (1, 1)
+    # Little's law: 155 tokens/s x 0.01 s/token = 1.55 calls running; 150 x 0.02 = 3.
+    assert traced["small_concurrency"] == pytest.approx(1.55) and traced["large_concurrency"] == pytest.approx(3.0)
+    assert traced["large_utilization"] == pytest.approx(3.0 / 8)
+    # Flat curves: the traced latencies stand; p95 of [0.4, 0.7] is 0.685.
+    assert traced["predicted_p95_s"] == pytest.approx(0.685)
+    # τ = 0.6 re-routes r2's 0.8 step to the large model, with the trace's mean glimpse.
     assert what_if["large_step_fraction"] == 0.5
-    assert what_if["small_work_s"] == pytest.approx(0.11) and what_if["large_work_s"] == pytest.approx(0.4)
-    assert (what_if["small_replicas"], what_if["large_replicas"]) == (3, 8)
+    assert what_if["small_tokens"] == pytest.approx(11) and what_if["large_tokens"] == pytest.approx(20)
+
+
+def batched_trace() -> list[dict[str, Any]]:
+    """Five answer-only requests of 100 tokens on one large replica: four ran together in 1.6 s
+    (16 ms per token at 4 calls), one alone in 1 s (10 ms): ℓ(b) = 10 ms + 2 ms x (b - 1)."""
+    spans = []
+    for i, (start, seconds) in enumerate([(10.0, 1.6)] * 4 + [(20.0, 1.0)]):
+        root = span("glimp.request", f"r{i}", None, latency_s=seconds + 0.05)
+        call = answer(f"r{i}", 100, seconds)
+        call["attributes"]["glimp.replica"] = "L1"
+        call["end_time_unix_nano"] = int((start + seconds) * 1e9)
+        spans += [root, call]
+    return spans
+
+
+def test_batched_calls_are_not_summed_as_serial() -> None:
+    report = plan(requests_from_spans(batched_trace()), rps=2, max_concurrency=32)
+    assert report["curves"]["large"]["base_s"] == pytest.approx(0.01)
+    assert report["curves"]["large"]["slope_s"] == pytest.approx(0.002)
+    traced = report["plans"][0]
+    # 200 tokens/s; target 20 ms per token -> 6 calls per replica, 300 tokens/s: one replica, where
+    # serial sums (1.48 model-seconds per request at 2/s) would have asked for 3 to 5.
+    assert traced["large_replicas"] == 1
+    # T(b) = 200 -> b = 200 x 0.008 / 0.6 = 2.67 calls at 13.3 ms per token; 100 tokens + 50 ms.
+    assert traced["large_concurrency"] == pytest.approx(8 / 3)
+    assert traced["predicted_p95_s"] == pytest.approx(0.05 + 100 * (0.01 + 0.002 * 5 / 3))
+    assert plan(requests_from_spans(batched_trace()), rps=4)["plans"][0]["large_replicas"] == 2
 
 
 def test_plan_adds_replicas_for_a_latency_objective() -> None:
-    report = plan(requests_from_spans(SPANS), rps=10, target_utilization=0.5, slo_p95_s=1.0)
-    traced = report["plans"][0]
-    assert (traced["small_replicas"], traced["large_replicas"]) == (5, 10)
-    assert traced["predicted_p95_s"] <= 1.0
-    with pytest.raises(ValueError, match="below the unloaded p95"):
-        plan(requests_from_spans(SPANS), rps=10, slo_p95_s=0.5)
+    requests = requests_from_spans(batched_trace())
+    traced = plan(requests, rps=2, slo_p95_s=1.2)["plans"][0]
+    # 1.2 s leaves 11.5 ms per token: two replicas at 100 tokens/s each run one call at 10 ms.
+    assert traced["large_replicas"] == 2
+    assert traced["predicted_p95_s"] == pytest.approx(1.05)
+    with pytest.raises(ValueError, match="below what more replicas reach"):
+        plan(requests, rps=2, slo_p95_s=1.0)  # a lone call takes 1.05 s
 
 
 def test_abandoned_requests_are_left_out() -> None:
@@ -144,8 +180,8 @@ def test_cli_calibrate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture[st
                 str(traces),
                 "--rps",
                 "10",
-                "--utilization",
-                "0.5",
+                "--max-concurrency",
+                "2",
                 "--threshold",
                 "0.6",
                 "--out",
@@ -156,7 +192,20 @@ def test_cli_calibrate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     printed = capsys.readouterr().out
     assert "| traced |" in printed and "| 0.600 |" in printed
-    assert json.loads((out / "plan.json").read_text())["plans"][1]["large_replicas"] == 8
+    # τ 0.6: 200 large tokens/s at 2 calls of 20 ms per replica (100 tokens/s each) -> 2 replicas.
+    assert json.loads((out / "plan.json").read_text())["plans"][1]["large_replicas"] == 2
     assert (out / "plan.png").is_file()
     assert main(["plan", "--traces", str(tmp_path / "none.jsonl"), "--rps", "1"]) == 2
     assert "trace file not found" in capsys.readouterr().err
+
+
+def test_concurrency_is_measured_per_replica_from_overlapping_calls() -> None:
+    spans = []
+    for name, replica, start, end in [("a", "L1", 0.0, 2.0), ("b", "L1", 1.0, 2.0), ("c", "L2", 0.0, 1.0)]:
+        call = answer(name, 10, end - start)
+        call["attributes"]["glimp.replica"] = replica
+        call["end_time_unix_nano"] = int(end * 1e9)
+        spans += [span("glimp.request", name, None, latency_s=end - start), call]
+    concurrency = {r.trace_id: r.answer.concurrency for r in requests_from_spans(spans)}
+    # a: 2 s of itself + 1 s of b over its 2 s; b: all of its 1 s overlaps a; c ran alone on L2.
+    assert concurrency == {"a": pytest.approx(1.5), "b": pytest.approx(2.0), "c": 1.0}

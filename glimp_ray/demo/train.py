@@ -138,11 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-checkpoints", action="store_true", help="save each checkpoint apart")
     parser.add_argument("--small-hidden", type=int, default=SIZES["small"]["hidden_size"])
     parser.add_argument("--small-layers", type=int, default=SIZES["small"]["num_hidden_layers"])
+    # vLLM's CPU attention needs a head size of at least 32: `--small-heads 2` gives the
+    # small model that the vLLM demo serves (glimp_ray/demo/models/small-h32).
+    parser.add_argument("--small-heads", type=int, default=SIZES["small"]["num_attention_heads"])
     args = parser.parse_args(argv)
+    if args.small_hidden % args.small_heads:
+        parser.error("--small-hidden must be a multiple of --small-heads")
     SIZES["small"].update(
         hidden_size=args.small_hidden,
         intermediate_size=2 * args.small_hidden,
         num_hidden_layers=args.small_layers,
+        num_attention_heads=args.small_heads,
     )
 
     import torch
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, steps in (("small", args.small_steps), ("large", args.large_steps)):
         if args.only and size != args.only:
             continue
-        path = Path(args.out) / size
+        path = Path(args.out) / (size if args.small_heads == 4 or size == "large" else f"small-h{args.small_hidden // args.small_heads}")
 
         def save(model: Any, step: int | None = None, path: Path = path) -> None:
             target = path if step is None or not args.keep_checkpoints else Path(f"{path}-{step}")

@@ -40,6 +40,23 @@ def logprobs_entropy(logprobs: dict[int, Any], k: int) -> float:
     return float(topk_entropy(values, k))
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Any:
+    """Set environment variables (those not None) while vLLM starts its engine-core process."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is not None:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 class VLLMEngine:
     """Serves :class:`StepRequest` s with vLLM's ``AsyncLLM``."""
 
@@ -90,8 +107,15 @@ class VLLMEngine:
         trust_remote_code: bool = False,
         max_sessions: int = 256,
         max_cached_tokens: int = 1_000_000,
+        cpu_threads_bind: str | None = None,
+        block_size: int | None = None,
     ) -> VLLMEngine:
-        """Start an ``AsyncLLM`` (its engine core runs in a process of its own) with prefix caching."""
+        """Start an ``AsyncLLM`` (its engine core runs in a process of its own) with prefix caching.
+
+        ``cpu_threads_bind`` (vLLM's CPU build): the cores its OpenMP threads bind to, e.g. ``"0"`` or
+        ``"4-7"`` (``VLLM_CPU_OMP_THREADS_BIND`` of the engine-core process); two engines on one
+        machine need disjoint sets, or both bind to the same cores. ``block_size``: tokens per KV
+        block, the unit prefix caching reuses (vLLM's default: 16 on GPUs, 128 on CPUs)."""
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -107,8 +131,10 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             trust_remote_code=trust_remote_code,
             enable_prefix_caching=True,
+            **({"block_size": block_size} if block_size is not None else {}),
         )
-        llm = AsyncLLM.from_engine_args(args)
+        with _environment(VLLM_CPU_OMP_THREADS_BIND=cpu_threads_bind):
+            llm = AsyncLLM.from_engine_args(args)
         tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         try:

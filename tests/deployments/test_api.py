@@ -52,6 +52,31 @@ def test_per_request_knobs(serve_app: str) -> None:
     assert {s["model"] for s in trace["steps"]} == {"large"}
 
 
+def test_the_reference_preset_and_the_entropy_per_request(serve_app: str) -> None:
+    def trace(glimp: dict[str, Any]) -> dict[str, Any]:
+        body = {"model": MODEL, "messages": QUESTION, "glimp": {**glimp, "return_trace": True}}
+        response = httpx.post(f"{serve_app}/v1/chat/completions", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()["glimp"]  # type: ignore[no-any-return]
+
+    reference = trace({"preset": "reference"})
+    assert (reference["preset"], reference["entropy"], reference["top_k"]) == ("reference", "topk", 20)
+    topk = trace({"entropy": "topk", "top_k": 5})
+    assert (topk["preset"], topk["entropy"], topk["top_k"]) == ("glimp", "topk", 5)
+    conflict = {"model": MODEL, "messages": QUESTION, "glimp": {"preset": "reference", "entropy": "full"}}
+    response = httpx.post(f"{serve_app}/v1/chat/completions", json=conflict, timeout=60)
+    assert response.status_code == 400 and "preset reference" in error_of(response)["message"]
+
+
+def test_a_seed_makes_random_routing_reproducible(serve_app: str) -> None:
+    def routes() -> list[str]:
+        body = {"model": MODEL, "messages": QUESTION, "seed": 7, "glimp": {"policy": "random", "return_trace": True}}
+        steps = httpx.post(f"{serve_app}/v1/chat/completions", json=body, timeout=120).json()["glimp"]["steps"]
+        return [s["model"] for s in steps]
+
+    assert routes() == routes()  # two requests, two random request ids, one seed
+
+
 def test_chat_streaming_ends_with_usage_and_done(serve_app: str) -> None:
     stream = client(serve_app).chat.completions.create(
         model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}
@@ -109,6 +134,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": MODEL, "messages": QUESTION, "seed": 2**70}, 400, "seed"),
         ({"model": "gpt-9", "messages": QUESTION}, 404, "model"),
         ({"model": MODEL, "messages": QUESTION, "glimp": {"policy": "clever"}}, 400, "glimp.policy"),
+        ({"model": MODEL, "messages": QUESTION, "glimp": {"entropy": "partial"}}, 400, "glimp.entropy"),
+        ({"model": MODEL, "messages": QUESTION, "glimp": {"top_k": 21}}, 400, "glimp.top_k"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x " * 2000}]}, 400, "messages"),
     ],
 )

@@ -118,3 +118,23 @@ def test_router_user_config_changes_routing_and_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="temperature"):
         reconfigure(router, {"sampling": {"temperature": -1}})
     assert router.collab.params.threshold == 0.1  # a rejected config changes nothing
+
+
+def test_batching_reports_size_the_pool_by_concurrency() -> None:
+    # The large replica reports it ran 4 calls at once at 20 ms per token (200 tokens/s while
+    # busy) and may run 16: with a flat curve b* = 16, 3200 tokens/s per replica. The large
+    # pool's demand is 2 req/s x 300 tokens x 0.5 = 300 tokens/s: one replica, not the 6 that
+    # the busy-time rate at 50% would ask for.
+    policy = RoutingRatioPolicy(
+        small={"target_utilization": 0.5, "smoothing_s": 0}, large={"target_utilization": 0.5, "smoothing_s": 0}
+    )
+    ctxs = contexts(0.5, large_replicas=2)
+    large = next(ctx for ctx in ctxs.values() if ctx.deployment_name == "LargePool")
+    ids = large.running_replicas
+    for metric, value in {"concurrency": 4.0, "latency_s": 0.02, "max_concurrency": 16.0}.items():
+        large.aggregated_metrics[metric] = dict.fromkeys(ids, value)
+    decisions, state = policy(ctxs)
+    assert by_name(decisions)["LargePool"] == 1
+    large_state = next(s for dep, s in state.items() if dep.name == "LargePool")
+    assert large_state["target_concurrency"] == 16
+    assert large_state["desired"] == pytest.approx(300 / (16 / 0.02))

@@ -49,9 +49,12 @@ def scaled_config(tiny_pair: tuple[Path, Path], threshold: float) -> dict[str, A
             "autoscaling_config": {**AUTOSCALING, "max_replicas": 3},
         },
     }
-    # Planning for a fifth of the measured service rate makes a fully loaded pool want its
-    # maximum on this shared 2-core machine, whatever its absolute speed.
-    policy_kwargs = {pool: {"target_utilization": 0.2, "smoothing_s": 1} for pool in ("small", "large")}
+    # Planning one call per replica, with next to no queue allowed, makes a pool that runs a few
+    # calls at once want its maximum on this shared 2-core machine, whatever its absolute speed.
+    policy_kwargs = {
+        pool: {"max_concurrency": 1, "target_queue_per_replica": 0.25, "latency_slack": 1.0, "smoothing_s": 1}
+        for pool in ("small", "large")
+    }
     return {
         "applications": [
             {
@@ -178,7 +181,7 @@ def test_each_pool_lands_on_its_node_type(scaled_app: str) -> None:
 
 
 def test_large_pool_follows_the_threshold(scaled_app: str, tiny_pair: tuple[Path, Path]) -> None:
-    with Load(scaled_app) as load:
+    with Load(scaled_app, clients=8) as load:
         load.phase = "all-small"
         time.sleep(10)
         assert running("LargePool") == 1  # idle large pool stays at its minimum
