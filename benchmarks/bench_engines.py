@@ -148,7 +148,14 @@ async def task_async(n: int, config_path: Path) -> None:
                 large_steps += sum(s.model == "large" for s in result.steps)
                 steps += len(result.steps)
             rows.append(
-                (engine, policy, correct / n, statistics.mean(latencies), percentile(latencies, 0.95), large_steps / steps)
+                (
+                    engine,
+                    policy,
+                    correct / n,
+                    statistics.mean(latencies),
+                    percentile(latencies, 0.95),
+                    large_steps / steps,
+                )
             )
         small.close()
         large.close()

@@ -202,7 +202,10 @@ class AppConfig(GlimpConfig):
 
     @model_validator(mode="after")
     def _sharded_pools_reserve_their_gpus(self) -> AppConfig:
-        for which, model, pool in (("small", self.small, self.serving.small), ("large", self.large, self.serving.large)):
+        for which, model, pool in (
+            ("small", self.small, self.serving.small),
+            ("large", self.large, self.serving.large),
+        ):
             tp = model.tensor_parallel_size
             if tp > 1 and model.engine != "vllm":
                 raise ValueError(f"{which}.tensor_parallel_size {tp} needs engine: vllm")

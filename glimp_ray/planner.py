@@ -30,6 +30,7 @@ from glimp_ray.traces import TracedCall, TracedRequest, entropies, observed_larg
 
 __all__ = ["calibrate", "format_plan", "plan", "plot_plan", "requests_from_spans"]
 
+
 def calibrate(
     requests: Sequence[TracedRequest],
     target_large_fraction: float,
@@ -211,7 +212,9 @@ def plan(
         tokens = pool_demand(routed)
         replicas = size_pools(rps, tokens, curves, max_concurrency, target)
 
-        def evaluate(replicas: dict[str, int]) -> tuple[dict[str, float], float]:
+        def evaluate(
+            replicas: dict[str, int], tokens: dict[str, float] = tokens, routed: list[list[Routed]] = routed
+        ) -> tuple[dict[str, float], float]:
             b = {p: curves[p].concurrency_at(rps * tokens[p], replicas[p]) for p in POOLS}
             if any(b[p] > max_concurrency for p in POOLS):
                 return b, math.inf

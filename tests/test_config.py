@@ -90,5 +90,7 @@ def test_demo_models_are_named_by_demo_prefix() -> None:
     config = ModelConfig(model="demo:small-h32", tokenizer="demo:small-h32")
     assert Path(config.model) == DEMO_MODELS / "small-h32" and config.tokenizer == config.model
     assert ModelConfig(model="demo:large").model == str(DEMO_MODELS / "large")
-    with pytest.raises(ValidationError, match="no demo model 'demo:huge'; shipped: demo:large, demo:small, demo:small-h32"):
+    with pytest.raises(
+        ValidationError, match="no demo model 'demo:huge'; shipped: demo:large, demo:small, demo:small-h32"
+    ):
         ModelConfig(model="demo:huge")

@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     for size, steps in (("small", args.small_steps), ("large", args.large_steps)):
         if args.only and size != args.only:
             continue
-        path = Path(args.out) / (size if args.small_heads == 4 or size == "large" else f"small-h{args.small_hidden // args.small_heads}")
+        path = Path(args.out) / (
+            size if args.small_heads == 4 or size == "large" else f"small-h{args.small_hidden // args.small_heads}"
+        )
 
         def save(model: Any, step: int | None = None, path: Path = path) -> None:
             target = path if step is None or not args.keep_checkpoints else Path(f"{path}-{step}")

@@ -16,7 +16,7 @@ batched; other cache types (sliding window, linear attention) run one sequence p
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -125,15 +125,19 @@ class DecodeBatch:
     copied into the next free row, and a leaving row is copied out and the last row moved into
     its place, so join and leave cost one row, not the batch. Rows grow by doubling; when the
     window needs room it is moved into new buffers about 2.5 times as wide as it is, and buffers
-    much bigger than what is in use are reallocated smaller when rows leave.
+    much bigger than what is in use are reallocated smaller when rows leave. Under a byte budget
+    (``room``: given the bytes new buffers need, the bytes they may take) the spare rows and
+    columns shrink to what fits, and :meth:`trim` gives them back; :attr:`nbytes` is what the
+    buffers hold, spare room included.
 
     A batch of one row decodes on that session's own cache, as the unbatched engine does: a
     lone request pays nothing for batching. It moves into the buffers when a second row joins.
     """
 
-    def __init__(self, model: Any, cache_kwarg: str = "past_key_values"):
+    def __init__(self, model: Any, cache_kwarg: str = "past_key_values", room: Callable[[int], int] | None = None):
         self.model = model
         self.cache_kwarg = cache_kwarg
+        self.room = room
         self.rows: list[Hashable] = []
         self.lengths: list[int] = []
         self.keys: list[torch.Tensor] = []
@@ -147,6 +151,13 @@ class DecodeBatch:
 
     def __contains__(self, key: object) -> bool:
         return key in self.rows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of KV the batch holds: every row and column of its buffers (kept, empty, while a
+        lone row decodes on its own cache), and that cache."""
+        held = sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
+        return held + (sum(k.nbytes + v.nbytes for k, v in _layers(self.solo)) if self.solo is not None else 0)
 
     @torch.inference_mode()
     def join(self, entries: Sequence[tuple[Hashable, DynamicCache]]) -> None:
@@ -232,6 +243,20 @@ class DecodeBatch:
         self.keys, self.values, self.cache, self.solo = [], [], None, None
         self.start = self.end = 0
 
+    @torch.inference_mode()
+    def trim(self) -> None:
+        """Give back spare rows and columns: buffers no row uses are freed, and buffers with rows
+        are laid out again within the room they are given."""
+        if not self.keys:
+            return
+        if self.solo is not None or not self.rows:
+            self.keys, self.values, self.cache = [], [], None
+            return
+        width = self.end - self.start
+        if self.keys[0].shape[0] * self.keys[0].shape[2] > len(self.rows) * (width + 1):
+            self._relayout(len(self.rows), len(self.rows), width)
+            self._refresh()
+
     def _copy_in(self, key: Hashable, cache: DynamicCache) -> None:
         row = _kv(cache)
         if row is None:
@@ -253,30 +278,49 @@ class DecodeBatch:
         columns = self.keys[0].shape[2] if self.keys else 0
         if rows <= have_rows and self.end - width >= 0 and self.end + 1 <= columns:
             return False
-        self._relayout(have_rows if rows <= have_rows else max(rows, 2 * have_rows, 4), width, like)
+        self._relayout(rows, have_rows if rows <= have_rows else max(rows, 2 * have_rows, 4), width, like)
         return True
 
-    def _relayout(self, rows: int, width: int, like: KV | None = None) -> None:
-        """New buffers of ``rows`` rows for a window ``width`` wide, with room on its left for
-        rows half as long again to join (at least 32 columns), and as many free columns after it
-        as it is wide (at least 64): moving it costs O(1) a step, amortised."""
-        end = width + width // 2 + 32
-        columns = end + width + 64
-        used = self.end - self.start
-        if self.keys:
-            self.keys = [_moved(k, rows, columns, self.start, self.end, end) for k in self.keys]
-            self.values = [_moved(v, rows, columns, self.start, self.end, end) for v in self.values]
+    def _relayout(self, rows: int, spare_rows: int, width: int, like: KV | None = None) -> None:
+        """New buffers for ``rows`` rows and a window ``width`` wide. Where the room allows they
+        hold ``spare_rows`` rows, room on the window's left for rows half as long again to join
+        (at least 32 columns) and as many free columns after it as it is wide (at least 64):
+        moving it costs O(1) a step, amortised. Otherwise the spare room shrinks to what fits,
+        down to the rows and one free column."""
+        assert self.keys or like is not None
+        position = _position_bytes(list(zip(self.keys, self.values, strict=True)) if self.keys else like)  # type: ignore[arg-type]
+        rows, left, right = self._layout(rows, spare_rows, width, position)
+        end, columns, used = left + width, left + width + right, self.end - self.start
+        if self.cache is not None:  # the layers' views would keep the old buffers alive
+            for layer in self.cache.layers:
+                layer.keys = layer.values = None  # type: ignore[union-attr,assignment]
+        if self.keys:  # layer by layer: the old buffers go as the new ones come
+            for i in range(len(self.keys)):
+                self.keys[i] = _moved(self.keys[i], rows, columns, self.start, self.end, end)
+                self.values[i] = _moved(self.values[i], rows, columns, self.start, self.end, end)
         else:
             assert like is not None
             self.keys = [k.new_zeros((rows, k.shape[1], columns, k.shape[3])) for k, _ in like]
             self.values = [v.new_zeros((rows, v.shape[1], columns, v.shape[3])) for _, v in like]
         self.start, self.end = end - used, end
 
+    def _layout(self, rows: int, spare_rows: int, width: int, position: int) -> tuple[int, int, int]:
+        """Rows, free columns left and right of the window: with spare room, else within ``room``."""
+        left, right = width // 2 + 32, width + 64
+        if self.room is None:
+            return spare_rows, left, right
+        fits = self.room(rows * (width + 1) * position) // position  # row-columns the budget leaves
+        if spare_rows * (left + width + right) <= fits:
+            return spare_rows, left, right
+        if rows * (left + width + right) <= fits:
+            return rows, left, right
+        return rows, 0, min(right, max(1, fits // rows - width))
+
     def _shrink(self) -> None:
         """After rows left: buffers much bigger than what is in use are reallocated smaller."""
         rows, columns, width = self.keys[0].shape[0], self.keys[0].shape[2], self.end - self.start
         if rows > max(8, 4 * len(self.rows)) or columns > 5 * (width + 64):
-            self._relayout(max(2 * len(self.rows), 4), width)
+            self._relayout(len(self.rows), max(2 * len(self.rows), 4), width)
 
     def _refresh(self) -> None:
         """Point the cache the model sees at the active rows and columns."""
@@ -285,6 +329,11 @@ class DecodeBatch:
             self.cache.layers = [_BufferLayer(self, i) for i in range(len(self.keys))]
         for layer in self.cache.layers:
             layer.refresh()  # type: ignore[union-attr]
+
+
+def _position_bytes(kv: KV) -> int:
+    """Bytes one row's column takes across every layer (keys and values)."""
+    return sum(k.shape[1] * k.shape[3] * k.element_size() + v.shape[1] * v.shape[3] * v.element_size() for k, v in kv)
 
 
 def _moved(buffer: torch.Tensor, rows: int, columns: int, start: int, end: int, new_end: int) -> torch.Tensor:

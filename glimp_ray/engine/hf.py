@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError
+from glimp_ray.engine.kv_memory import GIB, KVBudget, KVMemory, kv_budget_bytes, kv_bytes_per_token
 from glimp_ray.engine.model_files import eos_ids, load_model, longest_token_chars, resolve_dtype
 from glimp_ray.engine.model_files import max_context as model_max_context
 from glimp_ray.engine.runner import ModelRunner
@@ -34,17 +36,23 @@ from glimp_ray.policies import routes_large
 from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 _FEED_TOKENS = 4  # prefills this short ride the decode forwards (one token a turn)
+logger = logging.getLogger(__name__)
 
 
 class HFEngine(StepLoopEngine):
     """Serves :class:`StepRequest` s with a Hugging Face causal LM.
 
-    Implements :class:`~glimp_ray.engine.base.StepClient`. ``max_sessions`` and
-    ``max_cached_tokens`` bound the KV memory (LRU eviction); ``max_running`` bounds how
+    Implements :class:`~glimp_ray.engine.base.StepClient`. ``kv_cache_bytes`` is the KV
+    budget: the sessions' caches and the decode batch's buffers together (default: a share of the
+    CUDA device's free memory once the weights are loaded, else 4 GiB; see
+    :mod:`~glimp_ray.engine.kv_memory`). Admission waits until what running requests can come to
+    hold fits it; idle sessions are evicted (LRU) to make room. ``max_sessions`` and
+    ``max_cached_tokens`` bound the sessions by count and tokens too; ``max_running`` bounds how
     many requests decode at once (the batch size), and ``max_batch_tokens`` the decode batch's
     KV positions, padding included (running requests x the longest; admission waits above it).
-    ``batching`` off runs one sequence per forward (the reference path, and the fallback for
-    caches that cannot be batched).
+    ``max_context`` defaults to the model's, lowered to what the budget holds for one request;
+    one given that the budget cannot hold is an error. ``batching`` off runs one sequence per
+    forward (the reference path, and the fallback for caches that cannot be batched).
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class HFEngine(StepLoopEngine):
         max_batch_tokens: int = 1 << 20,
         max_context: int | None = None,
         batching: bool = True,
+        kv_cache_bytes: int | None = None,
     ):
         super().__init__()
         self.model = model.eval()
@@ -69,13 +78,18 @@ class HFEngine(StepLoopEngine):
         self.replica = f"{name}@{os.getpid()}"
         self.think_start = think_start
         self.think_end = think_end
-        self.max_context = max_context or model_max_context(model, tokenizer)
+        device = next(model.parameters()).device
+        self.budget = KVBudget(kv_budget_bytes(device, kv_cache_bytes), kv_bytes_per_token(model.config, model.dtype))
+        self.max_context = self._context_within_budget(max_context, model_max_context(model, tokenizer))
         # No token covers more characters than its vocabulary entry has: a text longer than
         # max_context x this cannot fit, and is refused before it is rendered or tokenized.
         self.max_text_chars = self.max_context * longest_token_chars(tokenizer)
-        self.sessions = SessionCache(max_sessions, max_cached_tokens)
-        self.runner = ModelRunner(self.model, batching, max_batch_tokens)
-        self.scheduler = Scheduler(max_running, max_batch_tokens, self.sessions)
+        self.sessions = SessionCache(max_sessions, max_cached_tokens, self.budget)
+        self.scheduler = Scheduler(max_running, max_batch_tokens, self.sessions, self.budget, self.max_context)
+        self.memory = KVMemory(self.budget, self.sessions, self.scheduler, lambda: self.runner.batch)
+        self.runner = ModelRunner(
+            self.model, batching, max_batch_tokens, self.memory.batch_room, self.memory.free_tokens
+        )
         self.device = self.runner.device
         self.eos_ids = eos_ids(model, tokenizer)
         self.generated_tokens = 0  # every token sampled, for the service rate
@@ -90,12 +104,37 @@ class HFEngine(StepLoopEngine):
         device: str = "cpu",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        kv_cache_gib: float | None = None,
         **engine_kwargs: Any,
     ) -> HFEngine:
-        """Load a causal LM and its tokenizer from a local directory or hub id."""
+        """Load a causal LM and its tokenizer from a local directory or hub id; ``kv_cache_gib``
+        is the KV budget in GiB (``kv_cache_bytes``), measured once the weights are loaded."""
         lm, tok = load_model(model, tokenizer, device, dtype, trust_remote_code)
         engine_kwargs.setdefault("name", os.path.basename(os.path.normpath(model)))
+        if kv_cache_gib is not None:
+            engine_kwargs.setdefault("kv_cache_bytes", round(kv_cache_gib * GIB))
         return cls(lm, tok, **engine_kwargs)
+
+    def _context_within_budget(self, given: int | None, model_context: int) -> int:
+        """The context one request may have: its row (and the column a step writes) fits the budget."""
+        fits = self.budget.tokens - 1
+        if (given is not None and given > fits) or fits < 1:
+            raise ValueError(
+                f"{self.name}: a KV budget of {self.budget.capacity / GIB:.3g} GiB holds {max(fits, 0)} tokens "
+                f"({self.budget.bytes_per_token} bytes each), too few for one request of "
+                f"{given or model_context} tokens: raise kv_cache_gib or lower max_context"
+            )
+        if given is None and model_context > fits:
+            logger.warning(
+                "%s: its KV budget (%.3g GiB) holds %d tokens, fewer than the model's context of %d: "
+                "serving contexts up to %d (raise kv_cache_gib for more)",
+                self.name,
+                self.budget.capacity / GIB,
+                fits,
+                model_context,
+                fits,
+            )
+        return min(given or model_context, fits)
 
     # -- views kept for callers, benchmarks and tests ----------------------------------
 
@@ -149,8 +188,16 @@ class HFEngine(StepLoopEngine):
         prepared = []
         # One at a time: each admission sees the context of those admitted before it.
         while seq := self.scheduler.admit_one():
-            if self._guarded(seq, self._prepare):
-                prepared.append(seq)
+            if not self._guarded(seq, self._prepare):
+                continue
+            if len(self.scheduler.running) > 1 and not self.scheduler.within_budget():
+                # Tokenized, its context does not fit beside the running requests': it waits,
+                # first in line (its tokens stay in its session).
+                seq.live_session.busy = False
+                self.scheduler.requeue(seq)
+                break
+            prepared.append(seq)
+        self.memory.evict()  # room for what the admitted requests reserved
         # Cancelled requests stop here, before any forward (a cancel can come at any time;
         # one that comes later is seen at the next turn).
         for seq in list(self.scheduler.running):
@@ -180,6 +227,7 @@ class HFEngine(StepLoopEngine):
             if seq in self.scheduler.running and not seq.to_feed:
                 self._guarded(seq, self._glimpse)
         self._flush_leaves()  # a request can end at its glimpse: its session is free at once
+        self.memory.evict()  # finished rows' caches are back in their (now idle) sessions
 
     def _prefills_by_decode(self, seq: Sequence) -> bool:
         session = seq.live_session
@@ -345,7 +393,7 @@ class HFEngine(StepLoopEngine):
         if session_id in self._deferred_releases:
             self._deferred_releases.discard(session_id)
             self.sessions.release(session_id)
-        self.sessions.evict()
+        self.sessions.evict(self.memory.reserved_bytes())
 
 
 __all__ = ["HFEngine", "resolve_dtype"]

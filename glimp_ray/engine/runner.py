@@ -27,9 +27,17 @@ Fail = Callable[[Sequence, BaseException], None]
 
 class ModelRunner:
     """Forwards of one causal LM over per-session caches; ``batching`` off (or a cache type that
-    cannot be batched) runs one sequence per forward."""
+    cannot be batched) runs one sequence per forward. Under a KV budget, ``room`` is the decode
+    batch's (see :class:`DecodeBatch`) and ``free_tokens`` bounds a batched prefill's padding."""
 
-    def __init__(self, model: Any, batching: bool, max_batch_tokens: int):
+    def __init__(
+        self,
+        model: Any,
+        batching: bool,
+        max_batch_tokens: int,
+        room: Callable[[int], int] | None = None,
+        free_tokens: Callable[[], int] | None = None,
+    ):
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.model = model
@@ -38,7 +46,8 @@ class ModelRunner:
         self.batching = batching and batchable(model)
         params = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self.batch = DecodeBatch(model, self.cache_kwarg)
+        self.room, self.free_tokens = room, free_tokens
+        self.batch = DecodeBatch(model, self.cache_kwarg, room)
         self.leaving: list[Sequence] = []  # finished rows, taken out of the batch together
         self.forwarded_tokens = 0  # every token ever run through the model, for accounting
 
@@ -81,13 +90,15 @@ class ModelRunner:
                 seq.logits = row
 
     def _prefill_groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
-        """Requests of similar length together, each group padded within ``max_batch_tokens``."""
+        """Requests of similar length together, each group padded within ``max_batch_tokens``
+        (and the KV budget's free room)."""
+        limit = self.max_batch_tokens if self.free_tokens is None else min(self.max_batch_tokens, self.free_tokens())
         groups: list[list[Sequence]] = []
         widest = longest = 0
         for seq in sorted(seqs, key=lambda s: (s.live_session.kv_len, len(s.prefill))):
             cached, new = seq.live_session.kv_len, len(seq.prefill)
             size = (len(groups[-1]) + 1) * (max(widest, cached) + max(longest, new)) if groups else 0
-            if not groups or size > self.max_batch_tokens:
+            if not groups or size > limit:
                 groups.append([])
                 widest = longest = 0
             groups[-1].append(seq)
@@ -171,7 +182,7 @@ class ModelRunner:
     def reset(self) -> list[Sequence]:
         """Drop the decode batch; returns the requests that had a row in it."""
         rows: list[Sequence] = list(self.batch.rows)  # type: ignore[arg-type]
-        self.batch = DecodeBatch(self.model, self.cache_kwarg)
+        self.batch = DecodeBatch(self.model, self.cache_kwarg, self.room)
         self.leaving = []
         for seq in rows:
             seq.live_session.cache = None  # the next request of the session prefills from scratch

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glimp_ray.engine.kv_memory import KVBudget
 
 
 def common_prefix_len(a: str, b: str) -> int:
@@ -82,13 +86,15 @@ class Session:
 
 
 class SessionCache:
-    """Sessions in LRU order, bounded by count and by total cached tokens."""
+    """Sessions in LRU order, bounded by count, by total cached tokens and, with a ``budget``,
+    by the bytes of their KV caches (with what the caller reserves beside them)."""
 
-    def __init__(self, max_sessions: int, max_tokens: int):
+    def __init__(self, max_sessions: int, max_tokens: int, budget: KVBudget | None = None):
         if max_sessions < 1 or max_tokens < 1:
             raise ValueError("max_sessions and max_cached_tokens must be >= 1")
         self.max_sessions = max_sessions
         self.max_tokens = max_tokens
+        self.budget = budget
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -96,6 +102,10 @@ class SessionCache:
 
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._sessions
+
+    def __iter__(self) -> Iterator[Session]:
+        """The sessions, least recently used first."""
+        return iter(list(self._sessions.values()))
 
     def get(self, session_id: str) -> Session:
         """The session (created if new), marked most recently used."""
@@ -120,16 +130,35 @@ class SessionCache:
     def cached_tokens(self) -> int:
         return sum(len(s.tokens) for s in self._sessions.values())
 
-    def evict(self) -> list[str]:
-        """Evict least-recently-used idle sessions until within bounds."""
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the KV caches the sessions hold (a decoding session's is the batch's)."""
+        return sum(self._kv_bytes(s) for s in self._sessions.values())
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes of the idle sessions' KV caches: what eviction can free."""
+        return sum(self._kv_bytes(s) for s in self._sessions.values() if not s.busy)
+
+    def _kv_bytes(self, session: Session) -> int:
+        if self.budget is None or session.cache is None:
+            return 0
+        return session.kv_len * self.budget.bytes_per_token
+
+    def evict(self, reserved_bytes: int = 0) -> list[str]:
+        """Evict least-recently-used idle sessions until within bounds: with a budget, until the
+        idle sessions' KV and ``reserved_bytes`` (what the running requests hold) fit in it."""
         evicted = []
         total = self.cached_tokens
+        room = self.budget.capacity - reserved_bytes if self.budget is not None else 0
+        idle = self.idle_bytes
         for session_id, session in list(self._sessions.items()):
-            if len(self._sessions) <= self.max_sessions and total <= self.max_tokens:
+            if len(self._sessions) <= self.max_sessions and total <= self.max_tokens and idle <= room:
                 break
             if session.busy:
                 continue
             total -= len(session.tokens)
+            idle -= self._kv_bytes(session)
             del self._sessions[session_id]
             evicted.append(session_id)
         return evicted

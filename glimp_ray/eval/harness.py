@@ -39,6 +39,10 @@ class RunSummary:
         return data
 
 
+def _example_seed(seed: int | None, index: int) -> int:
+    return (0 if seed is None else seed) * 1_000_003 + index
+
+
 async def evaluate(
     collab: Collaborator,
     dataset: Dataset,
@@ -62,6 +66,9 @@ async def evaluate(
                 threshold=threshold,
                 random_p=random_p,
                 request_id=f"eval-{policy}-{threshold}-{example.id}",
+                # Random routing is seeded by the request's seed: one seed per example, so the
+                # baseline's draws differ between examples and repeat between runs.
+                seed=_example_seed(collab.params.seed, i) if policy == "random" else None,
             )
         except Exception as exc:  # one failing example is scored wrong, not fatal
             errors += 1

@@ -54,6 +54,20 @@ def test_evaluate_scores_accuracy_and_routing() -> None:
     assert glimp.p95_latency_s >= glimp.mean_latency_s * 0 and glimp.n == 4
 
 
+def test_random_baseline_draws_differently_per_example_and_repeats_per_run() -> None:
+    collab = pair()
+    collab.params = CollabParams(seed=0)
+    many = Dataset("toy", [Example(str(i), f"q{i}", "42") for i in range(12)], check_demo)
+
+    def routes() -> list[int]:
+        _, rows = asyncio.run(evaluate(collab, many, "random", random_p=0.5))
+        return [row["large_steps"] for row in rows]
+
+    first = routes()
+    assert len(set(first)) > 1  # examples do not all share one draw
+    assert routes() == first  # the config's seed makes the run repeat
+
+
 def test_select_threshold_prefers_fewest_large_steps_that_keep_accuracy() -> None:
     large = RunSummary("large", "large", "d", accuracy=0.80)
     a = RunSummary("a", "entropy", "d", threshold=2.0, accuracy=0.70, large_step_fraction=0.1)
