@@ -44,6 +44,7 @@ from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.config import RoutingConfig
 from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
+from glimp_ray.tau_control import TauController
 from glimp_ray.tracing import make_tracer_provider, request_span
 
 app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
@@ -124,6 +125,14 @@ class GlimpRouter:
         self.tracer = provider.get_tracer("glimp_ray.router")
         self.metrics = RouterMetrics()
         self.demand = DemandMeter(serving.metrics_window_s, start=time.monotonic())
+        self._control_tau()
+
+    def _control_tau(self) -> None:
+        """The online τ (routing.target_large_fraction / overload), started from the configured τ."""
+        routing = self.config.routing
+        self.tau = TauController(routing.threshold, routing.tau_control())
+        self.collab.tau = (lambda: self.tau.tau) if self.tau.control.active else None
+        self.metrics.threshold.set(self.tau.tau)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Change routing, sampling or limits at runtime (Serve's ``user_config``), e.g.
@@ -136,8 +145,11 @@ class GlimpRouter:
         merged["routing"] = self.config.routing.model_dump(exclude_unset=True)
         for section, values in user_config.items():
             merged[section] = {**merged[section], **(values or {})}
+        routing = self.config.routing
         self.config = AppConfig.model_validate(merged)
         self.collab.params = self.config.collab_params()
+        if self.config.routing != routing:
+            self._control_tau()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Request rate and routing ratio for the routing-ratio autoscaling policy."""
@@ -225,6 +237,13 @@ class GlimpRouter:
         now = time.monotonic()
         if isinstance(event, StepRecord):
             self.demand.observe(now, event)
+            if event.entropy is not None:
+                self.tau.observe_entropy(event.entropy)
+            if event.model == "large" and not event.fell_back:
+                # What the large call waited: its wall clock less its model time (handle and
+                # engine queues): the overload signal.
+                self.tau.observe_large_wait(max(event.latency_s - event.glimpse_s - event.model_s, 0.0))
+            self.metrics.threshold.set(self.tau.tau)
         else:
             self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)
         self.metrics.observe(event, self.demand.load(now))

@@ -12,7 +12,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from glimp_ray.engine.base import PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
@@ -29,6 +29,9 @@ class Collaborator:
     def __init__(self, small: StepClient, large: StepClient, params: CollabParams | None = None):
         self.clients: dict[Route, StepClient] = {SMALL: small, LARGE: large}
         self.params = params or CollabParams()
+        # The router's online τ (glimp_ray.tau_control): read at each step's glimpse unless the
+        # request sets its own threshold.
+        self.tau: Callable[[], float] | None = None
 
     async def run(
         self,
@@ -54,7 +57,8 @@ class Collaborator:
     ) -> AsyncGenerator[StepRecord | CollabResult, None]:
         """Yield each thinking step's record as it completes, then the :class:`CollabResult`."""
         params = self.params.replace(**overrides)
-        run = _Run(self.clients, params, messages, prompt, request_id or uuid.uuid4().hex)
+        tau = self.tau if overrides.get("threshold") is None else None
+        run = _Run(self.clients, params, messages, prompt, request_id or uuid.uuid4().hex, tau)
         try:
             async for event in run.events():
                 yield event
@@ -72,6 +76,7 @@ class _Run:
         messages: Sequence[Message] | None,
         prompt: str | None,
         request_id: str,
+        tau: Callable[[], float] | None = None,
     ):
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages or prompt")
@@ -82,6 +87,7 @@ class _Run:
         self.request_id = request_id
         self.rules = params.rules
         self.policy = make_policy(params.policy, params.threshold, params.random_p, self.rules.large_at_threshold)
+        self.tau = tau if params.policy == "entropy" else None
         # The seed alone, not the request id (which the API and batch jobs draw at random), so
         # a seeded request routes the same way every time it is sent.
         self.rng = random.Random(params.seed)
@@ -137,16 +143,20 @@ class _Run:
         glimpse_s = 0.0
         glimpse: StepResult | None = None
         route: Route | None = None
+        tau = self.tau() if self.tau is not None else p.threshold
+        policy = self.policy
+        if self.tau is not None:
+            policy = make_policy(p.policy, tau, p.random_p, self.rules.large_at_threshold)
 
-        if self.policy.needs_glimpse and p.mode == "paper":
+        if policy.needs_glimpse and p.mode == "paper":
             # The reference code: a separate 1-token glimpse, then the step from scratch.
             t0 = time.perf_counter()
             glimpse = await self._call(SMALL, glimpse=self._glimpse(None))
             glimpse_s = time.perf_counter() - t0
             entropy = glimpse.entropy
-            route = self.policy(entropy, self.rng)
-        elif not self.policy.needs_glimpse:
-            route = self.policy(None, self.rng)
+            route = policy(entropy, self.rng)
+        elif not policy.needs_glimpse:
+            route = policy(None, self.rng)
 
         def generate(route: Route) -> GenerateSpec:
             return GenerateSpec(max_tokens, (p.delimiter,), self._sampling(index, route))
@@ -155,7 +165,7 @@ class _Run:
         if route is None or route == SMALL:
             # Fused: one small call glimpses and, unless routed away, writes the step.
             # The entropy is computed whenever the small model writes (it is free).
-            threshold = p.threshold if route is None else None
+            threshold = tau if route is None else None
             result = await self._call(SMALL, glimpse=self._glimpse(threshold), generate=generate(SMALL))
             if result.entropy is not None:
                 entropy = result.entropy
@@ -170,7 +180,8 @@ class _Run:
         else:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
-        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse)
+        used = tau if p.policy == "entropy" else None
+        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse, used)
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:
         p = self.params

@@ -16,6 +16,7 @@ from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
 from glimp_ray.params import REFERENCE_TOP_K, Preset, check_preset
 from glimp_ray.policies import RandomP
+from glimp_ray.tau_control import OverloadControl, TauControl
 
 
 class StrictModel(BaseModel):
@@ -124,6 +125,21 @@ class ModelConfig(StrictModel):
         return HFEngine.load(**self.engine_kwargs())
 
 
+class OverloadConfig(StrictModel):
+    """When the large pool is saturated, τ rises so more steps stay on the small pool."""
+
+    max_wait_s: float = Field(
+        gt=0, description="A large call's median wait (its wall clock minus model time) that means saturated."
+    )
+    tau_max: float = Field(description="The highest τ overload may set: the bound on the accuracy traded.")
+    raise_step: float = Field(0.1, gt=0, description="τ added per window of large calls while saturated.")
+    fall_step: float = Field(0.05, gt=0, description="τ removed per window once the wait is below half the bound.")
+    window: int = Field(16, ge=1, description="Large calls per decision.")
+
+
+ROUTER_ONLY = ("target_large_fraction", "tau_window", "tau_min", "overload")
+
+
 class RoutingConfig(StrictModel):
     """Which model writes each step, and under which loop rules."""
 
@@ -148,6 +164,31 @@ class RoutingConfig(StrictModel):
     )
     top_k: int = Field(20, ge=1, description="k for top-k entropy (renormalised).")
     random_p: RandomP = Field(0.25, description="Large-step probability of the random policy.")
+    target_large_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Served only: the router adapts τ online to the quantile of recent glimpse entropies that sends "
+        "this share of steps large (glimp-ray calibrate, online); unset: τ stays as configured.",
+    )
+    tau_window: int = Field(512, ge=8, description="Glimpse entropies the online τ is taken over.")
+    tau_min: float = Field(0.0, description="Served only: the lowest τ the online controls may set.")
+    overload: OverloadConfig | None = Field(
+        None, description="Served only: raise τ to shed steps to the small pool while the large pool is saturated."
+    )
+
+    def tau_control(self) -> TauControl:
+        """The router's online τ settings (inactive when neither control is set)."""
+        overload = None
+        if self.overload is not None:
+            overload = OverloadControl(**self.overload.model_dump())
+        return TauControl(
+            target_large_fraction=self.target_large_fraction,
+            window=self.tau_window,
+            min_samples=min(32, self.tau_window),
+            tau_min=self.tau_min,
+            overload=overload,
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +201,7 @@ class RoutingConfig(StrictModel):
     @model_validator(mode="after")
     def _preset_glimpse(self) -> RoutingConfig:
         check_preset(self.preset, self.entropy, self.top_k)
+        self.tau_control()  # e.g. overload.tau_max below tau_min
         return self
 
     @staticmethod
@@ -219,7 +261,8 @@ class GlimpConfig(StrictModel):
 
     def collab_params(self) -> CollabParams:
         """The loop's parameters from this config."""
-        return CollabParams(**self.routing.model_dump(), **self.sampling.model_dump(), **self.limits.model_dump())
+        routing = self.routing.model_dump(exclude=set(ROUTER_ONLY))
+        return CollabParams(**routing, **self.sampling.model_dump(), **self.limits.model_dump())
 
 
 class ConfigError(ValueError):

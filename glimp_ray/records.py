@@ -27,6 +27,7 @@ class StepRecord:
     tokens: int
     finish_reason: FinishReason
     latency_s: float
+    threshold: float | None = None  # the τ this step was routed on (entropy policy; the router's τ may move)
     glimpse_s: float = 0.0  # wall-clock of the glimpse as the loop saw it (queueing and calls included)
     glimpse_model_s: float = 0.0  # the glimpse's seconds in the small model (the capacity planner's cost)
     reused_tokens: int = 0
@@ -105,6 +106,7 @@ def record_of(
     latency_s: float,
     glimpse_s: float,
     glimpse: StepResult | None,
+    threshold: float | None = None,
 ) -> StepRecord:
     """``glimpse`` is the separate small call (paper mode) or the routed fused call."""
     return StepRecord(
@@ -115,6 +117,7 @@ def record_of(
         tokens=result.generated_tokens,
         finish_reason=result.finish_reason,
         latency_s=latency_s,
+        threshold=threshold,
         glimpse_s=glimpse_s,
         glimpse_model_s=glimpse.model_s if glimpse else 0.0,
         reused_tokens=result.reused_tokens,

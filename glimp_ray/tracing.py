@@ -155,7 +155,9 @@ class RequestTrace:
     def observe(self, event: StepRecord | CollabResult) -> None:
         threshold = self.params.threshold if self.params.policy == "entropy" else None
         if isinstance(event, StepRecord):
-            self._child(SPAN_STEP, event, step_attributes(event, threshold))
+            # The τ the step was routed on (the router's online τ moves between steps).
+            used = event.threshold if event.threshold is not None else threshold
+            self._child(SPAN_STEP, event, step_attributes(event, used))
             return
         answer = step_attributes(event.answer_record, None)
         self._child(SPAN_ANSWER, event.answer_record, answer)

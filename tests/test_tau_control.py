@@ -84,3 +84,27 @@ def test_bad_control_settings() -> None:
         TauControl(tau_min=1.0, overload=OverloadControl(max_wait_s=1.0, tau_max=0.5))
     with pytest.raises(ValueError, match="positive"):
         OverloadControl(max_wait_s=0.0, tau_max=1.0)
+
+
+def test_the_loop_routes_each_step_on_the_tau_of_the_moment() -> None:
+    import asyncio
+
+    from glimp_ray.collab import Collaborator, CollabParams
+    from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep
+
+    script = [ScriptedStep("a\n\n", 0.5), ScriptedStep("b\n\n", 0.5), ScriptedStep("", 0.1, "think_end")]
+    large = [ScriptedStep("A\n\n"), ScriptedStep("B\n\n"), ScriptedStep("", 0.0, "think_end")]
+    for mode in ("fused", "paper"):
+        collab = Collaborator(
+            ScriptedEngine("small", script, answer="x"),
+            ScriptedEngine("large", large, answer="y"),
+            CollabParams(threshold=0.3, mode=mode),
+        )
+        taus = iter([0.3, 0.7, 0.7])  # the controller moves τ between the first and second step
+        collab.tau = lambda: next(taus)
+        result = asyncio.run(collab.run(prompt="q"))
+        assert [s.model for s in result.steps] == ["large", "small", "small"]
+        assert [s.threshold for s in result.steps] == [0.3, 0.7, 0.7]
+        # A request's own threshold wins over the router's τ.
+        fixed = asyncio.run(collab.run(prompt="q", threshold=0.3))
+        assert [s.threshold for s in fixed.steps] == [0.3, 0.3, 0.3]
