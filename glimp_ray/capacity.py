@@ -66,10 +66,12 @@ class BatchingCurve:
         return min(max_concurrency, max(1.0, 1.0 + (latency_target_s - self.base_s) / self.slope_s))
 
     def concurrency_at(self, demand: float, replicas: int) -> float:
-        """Steady-state requests running per replica when ``replicas`` share ``demand`` tokens/s.
+        """Mean requests running per replica when ``replicas`` share ``demand`` tokens/s arriving at
+        random; ``inf`` when no concurrency can deliver it (the queue then grows without bound).
 
-        Solves ``T(b) = demand / replicas``; ``inf`` when no concurrency can deliver it (the
-        queue then grows without bound).
+        A call arriving at random sees the time-average number of others running (PASTA), so its
+        seconds per token are ``latency_seen(b) = ℓ(1 + b)``; by Little's law ``b = x × ℓ(1 + b)``
+        with ``x = demand / replicas``: ``b = x × base / (1 − slope × x)``.
         """
         per_replica = demand / replicas
         if per_replica <= 0:
@@ -77,7 +79,11 @@ class BatchingCurve:
         denominator = 1.0 - self.slope_s * per_replica
         if denominator <= 0:
             return math.inf
-        return max(per_replica * (self.base_s - self.slope_s) / denominator, per_replica * self.base_s)
+        return per_replica * self.base_s / denominator
+
+    def latency_seen(self, concurrency: float) -> float:
+        """Seconds per token of a call arriving at random where ``concurrency`` run on average."""
+        return self.latency(1.0 + concurrency)
 
     @classmethod
     def fit(cls, observations: Sequence[Observation]) -> BatchingCurve | None:

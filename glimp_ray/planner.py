@@ -10,9 +10,9 @@ per-token latency is ``ℓ(b)`` at ``b`` concurrent calls, fitted per pool from 
 steps' and answers' tokens, and one token per glimpse on the small pool) and gets
 ``demand × ℓ(b*) / b*`` replicas, ``b*`` being the most calls per replica within
 ``max_concurrency`` that keep ``ℓ`` under the latency target. Its replicas then run ``b`` calls
-each, where ``T(b) = demand / replicas``; every traced call's model time is rescaled by
-``ℓ(b) / ℓ(b_traced)`` and the rest of each request's latency (router, Ray calls) is kept, which
-gives the predicted latencies and their p95. Batched calls are never summed as if serial, and a
+each on average (calls arriving at random: ``b = x × ℓ(1 + b)`` for ``x`` tokens/s per replica);
+every traced call's model time is rescaled by ``ℓ(1 + b) / ℓ(b_traced)`` and the rest of each
+request's latency (router, Ray calls) is kept, which gives the predicted latencies and their p95. Batched calls are never summed as if serial, and a
 glimpse costs its model time, not the router's wall clock.
 """
 
@@ -131,13 +131,13 @@ def predicted_latencies(
         model_s = 0.0
         for c in calls:
             pool, call = c.route, c.call
-            at = curves[pool].latency(max(concurrency[pool], 1.0))
+            at = curves[pool].latency_seen(concurrency[pool])
             if pool == call.route and call.model_s > 0:
                 model_s += call.model_s * at / curves[pool].latency(call.concurrency)
             else:
                 model_s += call.tokens * at
             if c.glimpse_model_s > 0:
-                small_at = curves["small"].latency(max(concurrency["small"], 1.0))
+                small_at = curves["small"].latency_seen(concurrency["small"])
                 model_s += c.glimpse_model_s * small_at / curves["small"].latency(c.glimpse_concurrency)
         latencies.append(overhead + model_s)
     return latencies

@@ -22,9 +22,10 @@ def test_curve_arithmetic() -> None:
     assert curve.target_concurrency(0.05, 32) == pytest.approx(8.5)
     assert curve.target_concurrency(0.05, 4) == 4
     assert curve.target_concurrency(0.01, 32) == 1.0  # even one request misses it
-    # Steady state: the concurrency whose throughput is the replica's share of the demand.
+    # Random arrivals: a call sees the mean b others (PASTA), b = x * ℓ(1 + b) (Little's law).
     b = curve.concurrency_at(1000.0, 6)
-    assert curve.throughput(b) == pytest.approx(1000.0 / 6)
+    assert b == pytest.approx(1000.0 / 6 * curve.latency_seen(b))
+    assert b == pytest.approx(10.0)  # 166.7 tokens/s x 20 ms / (1 - 0.004 x 166.7)
     assert curve.concurrency_at(1000.0, 1) == float("inf")  # 1000 tokens/s is past one replica's limit
     assert BatchingCurve(0.03).concurrency_at(10.0, 1) == pytest.approx(0.3)  # light load: b < 1
 
@@ -113,7 +114,8 @@ def test_pool_settles_where_the_latency_target_puts_it() -> None:
     # The first report (32 requests at 144 ms per token) cannot tell the slope; sizing as if
     # throughput could not grow past it adds 5 replicas, not max_replicas.
     assert max(history) <= 7, history
-    b = BatchingCurve(0.02, 0.004).concurrency_at(1000.0, settled[0])
+    x = 1000.0 / settled[0]  # the simulation's steady state: b / ℓ(b) = x
+    b = x * (0.02 - 0.004) / (1 - 0.004 * x)
     assert latency(b) <= 0.05
 
 
