@@ -24,7 +24,7 @@ from glimp_ray.demo.task import make_split
 from glimp_ray.eval.metrics import percentile
 
 MODEL = "glimp-bench"
-OVERLOAD = {"max_wait_s": 0.1, "tau_max": 2.5, "raise_step": 0.2, "fall_step": 0.1, "window": 8}
+OVERLOAD = {"max_token_s": 0.02, "tau_max": 2.5, "raise_step": 0.2, "fall_step": 0.1, "window": 8}
 
 
 def app_args(overload: bool) -> dict[str, Any]:

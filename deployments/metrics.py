@@ -29,7 +29,7 @@ class RouterMetrics:
             "glimp_request_latency_s", description="End-to-end request latency (s).", boundaries=LATENCY_BUCKETS
         )
         self.requests = Counter("glimp_requests", description="Finished requests by outcome.", tag_keys=("outcome",))
-        self.threshold = Gauge("glimp_threshold", description="The threshold tau the router routes new steps on (nats).")
+        self.threshold = Gauge("glimp_threshold", description="The threshold tau new steps are routed on (nats).")
 
     def observe(self, event: StepRecord | CollabResult, load: RouterLoad) -> None:
         """One event, and the routing ratio the router's demand meter now reads."""

@@ -239,10 +239,9 @@ class GlimpRouter:
             self.demand.observe(now, event)
             if event.entropy is not None:
                 self.tau.observe_entropy(event.entropy)
-            if event.model == "large" and not event.fell_back:
-                # What the large call waited: its wall clock less its model time (handle and
-                # engine queues): the overload signal.
-                self.tau.observe_large_wait(max(event.latency_s - event.glimpse_s - event.model_s, 0.0))
+            if event.model == "large" and not event.fell_back and event.tokens:
+                # The large call's wall clock per token (queues and a slowed batch): the overload signal.
+                self.tau.observe_large_call((event.latency_s - event.glimpse_s) / event.tokens)
             self.metrics.threshold.set(self.tau.tau)
         else:
             self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)

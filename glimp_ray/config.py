@@ -128,12 +128,14 @@ class ModelConfig(StrictModel):
 class OverloadConfig(StrictModel):
     """When the large pool is saturated, τ rises so more steps stay on the small pool."""
 
-    max_wait_s: float = Field(
-        gt=0, description="A large call's median wait (its wall clock minus model time) that means saturated."
+    max_token_s: float = Field(
+        gt=0,
+        description="A large call's median seconds per generated token (wall clock: waits and a slowed batch "
+        "included) that means saturated.",
     )
     tau_max: float = Field(description="The highest τ overload may set: the bound on the accuracy traded.")
     raise_step: float = Field(0.1, gt=0, description="τ added per window of large calls while saturated.")
-    fall_step: float = Field(0.05, gt=0, description="τ removed per window once the wait is below half the bound.")
+    fall_step: float = Field(0.05, gt=0, description="τ removed per window once below half the bound.")
     window: int = Field(16, ge=1, description="Large calls per decision.")
 
 

@@ -12,8 +12,9 @@ steps' and answers' tokens, and one token per glimpse on the small pool) and get
 ``max_concurrency`` that keep ``ℓ`` under the latency target. Its replicas then run ``b`` calls
 each on average (calls arriving at random: ``b = x × ℓ(1 + b)`` for ``x`` tokens/s per replica);
 every traced call's model time is rescaled by ``ℓ(1 + b) / ℓ(b_traced)`` and the rest of each
-request's latency (router, Ray calls) is kept, which gives the predicted latencies and their p95. Batched calls are never summed as if serial, and a
-glimpse costs its model time, not the router's wall clock.
+request's latency (router, Ray calls) is kept, which gives the predicted latencies and their
+p95. Batched calls are never summed as if serial, and a glimpse costs its model time, not the
+router's wall clock.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Two controls, both pure and driven by what the router observes (no clock of thei
 - **Target share** (``target_large_fraction``): τ is the quantile of the last ``window`` glimpse
   entropies that sends that share of steps large — ``glimp-ray calibrate``, run online, so the
   share holds when the traffic's difficulty drifts.
-- **Overload** (``overload``): when the large pool is saturated — its calls wait longer than
-  ``max_wait_s`` (queueing at the handle and in the engine, the large replicas all busy) — τ
+- **Overload** (``overload``): when the large pool is saturated — its calls take longer than
+  ``max_token_s`` per generated token (waiting at the handle or in the engine, or slowed by a
+  batch grown too large: a batching engine admits calls long before it queues them) — τ
   rises by ``raise_step`` per observation window (within ``[tau_min, tau_max]``), so more steps
   stay on the small pool and latency holds, trading accuracy within the bound ``tau_max`` sets;
-  once the wait falls below half the bound, τ falls back by ``fall_step`` per window.
+  once it falls below half the bound, τ falls back by ``fall_step`` per window.
 
 The τ a step used goes into its record and span; the router exports the current τ as a gauge.
 """
@@ -27,15 +28,15 @@ from glimp_ray.eval.metrics import percentile
 class OverloadControl:
     """How τ sheds load from a saturated large pool."""
 
-    max_wait_s: float  # a large call's median wait (wall clock minus model time) that means saturated
+    max_token_s: float  # a large call's median seconds per generated token (wall clock) that means saturated
     tau_max: float  # the highest τ it may reach: the accuracy bound
     raise_step: float = 0.1  # τ added per window while saturated
-    fall_step: float = 0.05  # τ removed per window once the wait is below half the bound
+    fall_step: float = 0.05  # τ removed per window once it is below half the bound
     window: int = 16  # large calls per decision
 
     def __post_init__(self) -> None:
-        if not (self.max_wait_s > 0 and self.raise_step > 0 and self.fall_step > 0 and self.window >= 1):
-            raise ValueError(f"overload control needs positive max_wait_s, steps and window: {self}")
+        if not (self.max_token_s > 0 and self.raise_step > 0 and self.fall_step > 0 and self.window >= 1):
+            raise ValueError(f"overload control needs positive max_token_s, steps and window: {self}")
         if not math.isfinite(self.tau_max):
             raise ValueError(f"tau_max must be finite, got {self.tau_max}")
 
@@ -90,19 +91,19 @@ class TauController:
         if target is not None and len(self.entropies) >= self.control.min_samples:
             self.base = percentile(list(self.entropies), 100 * (1 - target))
 
-    def observe_large_wait(self, wait_s: float) -> None:
-        """How long a large call waited (its wall clock minus its model time)."""
+    def observe_large_call(self, seconds_per_token: float) -> None:
+        """A large call's wall clock per generated token (waits included)."""
         overload = self.control.overload
         if overload is None:
             return
-        self.waits.append(wait_s)
+        self.waits.append(seconds_per_token)
         if len(self.waits) < overload.window:
             return
         median = percentile(self.waits, 50)
         self.waits.clear()
-        if median > overload.max_wait_s:
+        if median > overload.max_token_s:
             self.shed = min(self.shed + overload.raise_step, max(overload.tau_max - self.base, 0.0))
-        elif median < overload.max_wait_s / 2:
+        elif median < overload.max_token_s / 2:
             self.shed = max(self.shed - overload.fall_step, 0.0)
 
     def reset(self, threshold: float) -> None:

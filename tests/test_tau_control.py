@@ -45,31 +45,31 @@ def test_configured_tau_stands_until_enough_samples() -> None:
 
 
 def test_overload_raises_tau_within_bounds_and_recovers() -> None:
-    overload = OverloadControl(max_wait_s=0.5, tau_max=1.6, raise_step=0.25, fall_step=0.1, window=4)
+    overload = OverloadControl(max_token_s=0.5, tau_max=1.6, raise_step=0.25, fall_step=0.1, window=4)
     controller = TauController(1.0, TauControl(overload=overload))
     taus = []
-    for _ in range(6):  # saturated: every large call waits 2 s
+    for _ in range(6):  # saturated: every large call takes 2 s per token
         for _ in range(4):
-            controller.observe_large_wait(2.0)
+            controller.observe_large_call(2.0)
         taus.append(controller.tau)
     assert taus == pytest.approx([1.25, 1.5, 1.6, 1.6, 1.6, 1.6])  # capped at tau_max
     for _ in range(3):  # between half the bound and the bound: hold
         for _ in range(4):
-            controller.observe_large_wait(0.3)
+            controller.observe_large_call(0.3)
     assert controller.tau == pytest.approx(1.6)
     for _ in range(10):  # quiet again: back to the configured τ, no lower
         for _ in range(4):
-            controller.observe_large_wait(0.01)
+            controller.observe_large_call(0.01)
     assert controller.tau == pytest.approx(1.0)
 
 
 def test_overload_and_target_share_compose() -> None:
-    overload = OverloadControl(max_wait_s=0.5, tau_max=2.0, raise_step=0.5, window=1)
+    overload = OverloadControl(max_token_s=0.5, tau_max=2.0, raise_step=0.5, window=1)
     controller = TauController(1.0, TauControl(target_large_fraction=0.5, window=8, min_samples=8, overload=overload))
     route_stream(controller, [0.2, 0.4, 0.6, 0.8] * 2)
     base = controller.tau
     assert base == pytest.approx(0.5)  # the median of the window
-    controller.observe_large_wait(5.0)
+    controller.observe_large_call(5.0)
     assert controller.tau == pytest.approx(1.0)  # shed on top of the target-share τ
     controller.reset(0.3)
     assert controller.tau == 0.3
@@ -81,9 +81,9 @@ def test_bad_control_settings() -> None:
     with pytest.raises(ValueError, match="min_samples"):
         TauControl(window=8, min_samples=16)
     with pytest.raises(ValueError, match="below tau_min"):
-        TauControl(tau_min=1.0, overload=OverloadControl(max_wait_s=1.0, tau_max=0.5))
+        TauControl(tau_min=1.0, overload=OverloadControl(max_token_s=1.0, tau_max=0.5))
     with pytest.raises(ValueError, match="positive"):
-        OverloadControl(max_wait_s=0.0, tau_max=1.0)
+        OverloadControl(max_token_s=0.0, tau_max=1.0)
 
 
 def test_the_loop_routes_each_step_on_the_tau_of_the_moment() -> None:
@@ -101,7 +101,7 @@ def test_the_loop_routes_each_step_on_the_tau_of_the_moment() -> None:
             CollabParams(threshold=0.3, mode=mode),
         )
         taus = iter([0.3, 0.7, 0.7])  # the controller moves τ between the first and second step
-        collab.tau = lambda: next(taus)
+        collab.tau = taus.__next__
         result = asyncio.run(collab.run(prompt="q"))
         assert [s.model for s in result.steps] == ["large", "small", "small"]
         assert [s.threshold for s in result.steps] == [0.3, 0.7, 0.7]
