@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from glimp_ray.eval.metrics import percentile
 
+QUIET_WINDOWS = 4  # steps (in windows of large calls) after which a raised τ is judged on what came
+
 
 @dataclass(frozen=True)
 class OverloadControl:
@@ -73,6 +75,7 @@ class TauController:
         self.entropies: deque[float] = deque(maxlen=self.control.window)
         self.waits: list[float] = []
         self.shed = 0.0  # τ added by the overload control
+        self.steps_since_decision = 0
         self.base = threshold  # τ before shedding (the configured or the target-share one)
 
     @property
@@ -85,11 +88,18 @@ class TauController:
         return max(tau, self.control.tau_min) if self.control.active else tau
 
     def observe_entropy(self, entropy: float) -> None:
-        """A glimpse entropy the small model measured (whatever τ did with it)."""
+        """A glimpse entropy the small model measured (whatever τ did with it): one step."""
         self.entropies.append(entropy)
         target = self.control.target_large_fraction
         if target is not None and len(self.entropies) >= self.control.min_samples:
             self.base = percentile(list(self.entropies), 100 * (1 - target))
+        overload = self.control.overload
+        if overload is not None and self.shed > 0:
+            # With τ raised, few steps go large and a window of large calls may never fill: after
+            # QUIET_WINDOWS windows' worth of steps, the large calls seen so far decide (none: quiet).
+            self.steps_since_decision += 1
+            if self.steps_since_decision >= QUIET_WINDOWS * overload.window:
+                self._decide(overload)
 
     def observe_large_call(self, seconds_per_token: float) -> None:
         """A large call's wall clock per generated token (waits included)."""
@@ -97,10 +107,13 @@ class TauController:
         if overload is None:
             return
         self.waits.append(seconds_per_token)
-        if len(self.waits) < overload.window:
-            return
-        median = percentile(self.waits, 50)
+        if len(self.waits) >= overload.window:
+            self._decide(overload)
+
+    def _decide(self, overload: OverloadControl) -> None:
+        median = percentile(self.waits, 50) if self.waits else 0.0
         self.waits.clear()
+        self.steps_since_decision = 0
         if median > overload.max_token_s:
             self.shed = min(self.shed + overload.raise_step, max(overload.tau_max - self.base, 0.0))
         elif median < overload.max_token_s / 2:
@@ -110,5 +123,6 @@ class TauController:
         """A new configured τ (the router's user_config changed): adaptation starts over from it."""
         self.threshold = self.base = threshold
         self.shed = 0.0
+        self.steps_since_decision = 0
         self.entropies.clear()
         self.waits.clear()

@@ -63,6 +63,29 @@ def test_overload_raises_tau_within_bounds_and_recovers() -> None:
     assert controller.tau == pytest.approx(1.0)
 
 
+def test_a_raised_tau_falls_back_when_few_steps_go_large() -> None:
+    # With τ raised almost nothing goes large, so a window of large calls never fills: the steps
+    # themselves (any route) bring the decision, and with no slow large call τ falls back.
+    overload = OverloadControl(max_token_s=0.05, tau_max=3.0, raise_step=1.0, fall_step=0.5, window=4)
+    controller = TauController(0.5, TauControl(overload=overload))
+    for _ in range(4):
+        controller.observe_large_call(0.2)
+    assert controller.tau == pytest.approx(1.5)
+    for _ in range(4 * 4 - 1):
+        controller.observe_entropy(0.1)  # small steps only
+    assert controller.tau == pytest.approx(1.5)
+    controller.observe_entropy(0.1)
+    assert controller.tau == pytest.approx(1.0)
+    controller.observe_large_call(0.2)  # two slow large calls in the next stretch of steps:
+    controller.observe_large_call(0.2)
+    for _ in range(16):
+        controller.observe_entropy(0.1)
+    assert controller.tau == pytest.approx(2.0)  # their median is over the bound: raise
+    for _ in range(64):
+        controller.observe_entropy(0.1)
+    assert controller.tau == pytest.approx(0.5)  # quiet: back to the configured τ, no lower
+
+
 def test_overload_and_target_share_compose() -> None:
     overload = OverloadControl(max_token_s=0.5, tau_max=2.0, raise_step=0.5, window=1)
     controller = TauController(1.0, TauControl(target_large_fraction=0.5, window=8, min_samples=8, overload=overload))
