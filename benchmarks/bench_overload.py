@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from glimp_ray.demo.task import make_split
+from glimp_ray.demo.task import make_split, verify
 from glimp_ray.eval.metrics import percentile
 
 MODEL = "glimp-bench"
@@ -46,18 +46,20 @@ def app_args(overload: bool) -> dict[str, Any]:
 
 async def run_phases(base: str, phases: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
     """Closed-loop clients per phase; one row per finished request."""
-    problems = [p.messages() for p in make_split("test", 300)]
+    problems = make_split("test", 300)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
 
     async def client(http: httpx.AsyncClient, phase: str, until: float, offset: int) -> None:
         n = offset
         while time.perf_counter() < until:
-            body = {"model": MODEL, "messages": problems[n % len(problems)], "glimp": {"return_trace": True}}
+            problem = problems[n % len(problems)]
+            body = {"model": MODEL, "messages": problem.messages(), "glimp": {"return_trace": True}}
             t0 = time.perf_counter()
             r = await http.post(f"{base}/v1/chat/completions", json=body)
             r.raise_for_status()
-            steps = r.json()["glimp"]["steps"]
+            reply = r.json()
+            steps = reply["glimp"]["steps"]
             taus = [s["threshold"] for s in steps if s["threshold"] is not None]
             rows.append(
                 {
@@ -66,6 +68,7 @@ async def run_phases(base: str, phases: list[tuple[str, int, float]]) -> list[di
                     "latency": time.perf_counter() - t0,
                     "large": sum(s["model"] == "large" for s in steps) / max(len(steps), 1),
                     "tau": sum(taus) / len(taus) if taus else float("nan"),
+                    "correct": verify(reply["choices"][0]["message"]["content"], problem.answer),
                 }
             )
             n += 97
@@ -77,7 +80,7 @@ async def run_phases(base: str, phases: list[tuple[str, int, float]]) -> list[di
     return rows
 
 
-def summary(rows: list[dict[str, Any]], phase: str) -> tuple[float, float, float, int]:
+def summary(rows: list[dict[str, Any]], phase: str) -> tuple[float, float, float, int, float]:
     chosen = [r for r in rows if r["phase"] == phase]
     latencies = [r["latency"] for r in chosen]
     return (
@@ -85,6 +88,7 @@ def summary(rows: list[dict[str, Any]], phase: str) -> tuple[float, float, float
         sum(r["large"] for r in chosen) / len(chosen),
         sum(r["tau"] for r in chosen) / len(chosen),
         len(chosen),
+        sum(r["correct"] for r in chosen) / len(chosen),
     )
 
 
@@ -152,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
     print(f"demo pair, large pool fixed at 1 replica; overload control {OVERLOAD}")
-    print("| run | phase | requests | p95 latency (s) | large steps | mean τ |\n|---|---|---|---|---|---|")
+    print("| run | phase | requests | accuracy | p95 latency (s) | large steps | mean τ |")
+    print("|---|---|---|---|---|---|---|")
     for controlled, name in ((False, "fixed τ 0.16"), (True, "overload control")):
         for phase, _, _ in phases:
-            p95, large, tau, n = summary(results[controlled], phase)
-            print(f"| {name} | {phase} | {n} | {p95:.3f} | {large:.1%} | {tau:.3f} |")
+            p95, large, tau, n, accuracy = summary(results[controlled], phase)
+            print(f"| {name} | {phase} | {n} | {accuracy:.1%} | {p95:.3f} | {large:.1%} | {tau:.3f} |")
     bounds = [light1, light1 + heavy]
     plot(results[True], results[False], args.out, bounds)
     print(f"wrote {args.out}")
