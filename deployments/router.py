@@ -40,9 +40,9 @@ from deployments.protocol import (
     new_id,
     now,
 )
-from glimp_ray.autoscaling import DemandMeter
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.config import RoutingConfig
+from glimp_ray.meters import DemandMeter
 from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tau_control import TauController
 from glimp_ray.tracing import make_tracer_provider, request_span

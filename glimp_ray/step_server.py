@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from glimp_ray.autoscaling import ServiceMeter
 from glimp_ray.config import ModelConfig
 from glimp_ray.engine.base import InvalidRequestError, StepRejected
+from glimp_ray.meters import ServiceMeter
 from glimp_ray.types import StepRequest, StepResult
 
 

@@ -6,16 +6,8 @@ import math
 
 import pytest
 
-from glimp_ray.autoscaling import (
-    DemandMeter,
-    PoolLoad,
-    PoolScaling,
-    PoolState,
-    RouterLoad,
-    ServiceMeter,
-    decide_pool,
-    desired_replicas,
-)
+from glimp_ray.autoscaling import PoolLoad, PoolScaling, PoolState, RouterLoad, decide_pool, desired_replicas
+from glimp_ray.meters import DemandMeter, ServiceMeter
 
 # A pool replica serves 100 tokens/s; requests arrive at 2/s with 300 tokens each.
 RATE = 100.0

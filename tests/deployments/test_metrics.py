@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from glimp_ray.autoscaling import DemandMeter, served_by
 from glimp_ray.collab import StepRecord
+from glimp_ray.meters import DemandMeter, served_by
 
 
 def record(model: str, tokens: int, index: int = 0, fell_back: bool = False) -> StepRecord:
