@@ -109,10 +109,14 @@ def test_router_user_config_changes_routing_and_rejects_bad_input() -> None:
 
     reconfigure = GlimpRouter.func_or_class.reconfigure  # the method, without starting Serve
     config = AppConfig.model_validate({"routing": {"threshold": 0.5}})
+    restarts: list[float] = []  # the online τ starts over from a new routing section
     router = SimpleNamespace(config=config, collab=SimpleNamespace(params=config.collab_params()))
+    router._control_tau = lambda: restarts.append(router.config.routing.threshold)
     reconfigure(router, {"routing": {"threshold": 0.1}, "sampling": {"temperature": 0.0}})
     assert (router.collab.params.threshold, router.collab.params.temperature) == (0.1, 0.0)
     assert router.collab.params.policy == "entropy"  # what was not given stays
+    reconfigure(router, {"sampling": {"temperature": 0.5}})
+    assert restarts == [0.1]
     with pytest.raises(ValueError, match="routing, sampling and limits"):
         reconfigure(router, {"serving": {"retries": 1}})
     with pytest.raises(ValueError, match="temperature"):
