@@ -14,10 +14,11 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
-from glimp_ray.engine.base import PromptTooLongError, StepClient
+from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
 from glimp_ray.policies import LARGE, SMALL, Route, engine_threshold, make_policy
 from glimp_ray.records import CollabResult, StepRecord, StopReason, record_of
+from glimp_ray.step_run import StepRun, joined, repeats, run_steps, step_max_tokens, step_seed
 from glimp_ray.types import GenerateSpec, GlimpseSpec, Message, SamplingParams, StepRequest, StepResult
 
 __all__ = ["AnswerModel", "CollabParams", "CollabResult", "Collaborator", "Mode", "StepRecord", "StopReason"]
@@ -93,15 +94,14 @@ class _Run:
         self.rng = random.Random(params.seed)
         self.transcript = ""
         self.used: set[Route] = set()
+        self.run: AsyncIterator[StepResult] | None = None  # the small pool's open run of easy steps
+        self.run_tau = 0.0
 
     def _session(self, route: Route) -> str:
         return f"{self.request_id}:{route}"
 
     def _sampling(self, index: int, route: Route) -> SamplingParams:
-        seed = None
-        if self.params.seed is not None:
-            # A distinct, reproducible seed per step and model.
-            seed = (self.params.seed * 1_000_003 + index * 2 + (route == LARGE)) % 2**63
+        seed = step_seed(self.params.seed, index, route == LARGE)
         return SamplingParams(self.params.temperature, self.params.top_p, seed)
 
     def _glimpse(self, threshold: float | None) -> GlimpseSpec:
@@ -110,12 +110,7 @@ class _Run:
         return GlimpseSpec(self.params.entropy, self.params.top_k, threshold)
 
     def _joined(self, record: StepRecord) -> str:
-        """The step's text as the transcript holds it: as written, or (reference rule) always
-        followed by the delimiter, also when ``max_tokens`` cut it."""
-        delimiter = self.params.delimiter
-        if self.rules.delimiter_after_every_step and not record.text.endswith(delimiter):
-            return record.text + delimiter
-        return record.text
+        return joined(record.text, self.params.delimiter, self.rules)
 
     def _answer_context(self) -> str:
         """The transcript the answer model sees before the think-end marker and blank line the
@@ -136,7 +131,52 @@ class _Run:
         )
         return await self.clients[route].step(request)
 
-    async def _thinking_step(self, index: int, max_tokens: int) -> StepRecord:
+    async def _streamed(self, index: int, used: int, previous: str | None, tau: float) -> StepResult | None:
+        """The next step of the small pool's run of easy steps, opening one if none is open;
+        ``None`` when the run ended where this loop goes on, or the pool failed it (the caller
+        then makes the step its own call, with that call's retries)."""
+        if self.run is None:
+            p = self.params
+            request = StepRequest(
+                session_id=self._session(SMALL),
+                messages=self.messages,
+                prompt=self.prompt,
+                transcript=self.transcript,
+                glimpse=self._glimpse(tau),
+            )
+            spec = StepRun(
+                index, used, p.thinking_budget, p.step_max_tokens, p.delimiter, self.rules,
+                p.temperature, p.top_p, p.seed, previous,
+            )  # fmt: skip
+            client = self.clients[SMALL]
+            opened = getattr(client, "run_steps", None)
+            self.used.add(SMALL)
+            self.run = opened(request, spec) if opened is not None else run_steps(client, request, spec)
+            self.run_tau = tau
+        try:
+            result = await anext(self.run)
+        except StopAsyncIteration:
+            self.run = None
+            return None
+        except InvalidRequestError:
+            await self.close_run()
+            raise
+        except EngineError:
+            await self.close_run()
+            return None
+        if result.routed:
+            await self.close_run()
+        return result
+
+    async def close_run(self) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            with contextlib.suppress(Exception):
+                await run.aclose()  # type: ignore[attr-defined]
+
+    async def _thinking_step(
+        self, index: int, max_tokens: int, used: int = 0, previous: str | None = None
+    ) -> StepRecord:
         """Glimpse, route and write one step; returns its record."""
         p = self.params
         entropy: float | None = None
@@ -144,6 +184,8 @@ class _Run:
         glimpse: StepResult | None = None
         route: Route | None = None
         tau = self.tau() if self.tau is not None else p.threshold
+        if self.run is not None:
+            tau = self.run_tau  # an open run keeps the τ it was opened with
         policy = self.policy
         if self.tau is not None:
             policy = make_policy(p.policy, tau, p.random_p, self.rules.large_at_threshold)
@@ -166,7 +208,13 @@ class _Run:
             # Fused: one small call glimpses and, unless routed away, writes the step.
             # The entropy is computed whenever the small model writes (it is free).
             threshold = tau if route is None else None
-            result = await self._call(SMALL, glimpse=self._glimpse(threshold), generate=generate(SMALL))
+            streamed = None
+            if route is None and p.streaming_glimpse:
+                streamed = await self._streamed(index, used, previous, tau)
+            if streamed is not None:
+                result = streamed
+            else:
+                result = await self._call(SMALL, glimpse=self._glimpse(threshold), generate=generate(SMALL))
             if result.entropy is not None:
                 entropy = result.entropy
             if result.routed:
@@ -180,8 +228,8 @@ class _Run:
         else:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
-        used = tau if p.policy == "entropy" else None
-        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse, used)
+        routed_on = tau if p.policy == "entropy" else None
+        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse, routed_on)
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:
         p = self.params
@@ -190,18 +238,17 @@ class _Run:
         used_tokens = 0
         stop_reason: StopReason = "budget"
         while used_tokens < p.thinking_budget:
-            max_tokens = p.step_max_tokens
-            if self.rules.clip_to_budget:
-                max_tokens = min(max_tokens, p.thinking_budget - used_tokens)
+            max_tokens = step_max_tokens(p.step_max_tokens, p.thinking_budget, used_tokens, self.rules)
+            previous = steps[-1].text if steps else None
             try:
-                record = await self._thinking_step(len(steps), max_tokens)
+                record = await self._thinking_step(len(steps), max_tokens, used_tokens, previous)
             except PromptTooLongError:
                 if not steps:
                     raise  # the prompt itself does not fit: the client's error
                 stop_reason = "context"  # the thinking filled a model's context
                 break
             record.text = self._joined(record)  # what the transcript, the stream and the trace hold
-            repeats = len(steps) >= self.rules.first_repeat_step and bool(record.text) and record.text == steps[-1].text
+            looping = repeats(record.text, previous, len(steps), self.rules)
             steps.append(record)
             used_tokens += record.tokens
             self.transcript += record.text
@@ -209,7 +256,7 @@ class _Run:
             if record.finish_reason in ("think_end", "eos"):
                 stop_reason = record.finish_reason  # type: ignore[assignment]
                 break
-            if repeats:
+            if looping:
                 # A step repeating the previous one verbatim: the model is looping.
                 stop_reason = "repeat"
                 break
@@ -218,6 +265,7 @@ class _Run:
                 stop_reason = "context"
                 break
 
+        await self.close_run()  # the thinking ended here, whatever the small pool would have written next
         answer_route = p.resolved_answer_model
         t0 = time.perf_counter()
         try:
@@ -245,6 +293,7 @@ class _Run:
         )
 
     async def release(self) -> None:
+        await self.close_run()
         for route in self.used:
             with contextlib.suppress(Exception):
                 await self.clients[route].release(self._session(route))

@@ -166,6 +166,11 @@ class RoutingConfig(StrictModel):
     )
     top_k: int = Field(20, ge=1, description="k for top-k entropy (renormalised).")
     random_p: RandomP = Field(0.25, description="Large-step probability of the random policy.")
+    streaming_glimpse: bool = Field(
+        True,
+        description="Fused mode: one small-pool call writes consecutive easy steps, glimpsing each next one "
+        "itself, and streams them back until a step goes large (false: one call per step).",
+    )
     target_large_fraction: float | None = Field(
         None,
         ge=0,

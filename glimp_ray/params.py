@@ -81,6 +81,7 @@ class CollabParams:
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int | None = None
+    streaming_glimpse: bool = True  # fused mode: the small pool writes a run of easy steps per call
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:

@@ -9,12 +9,14 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from glimp_ray.engine.base import EngineError, StepClient, StepRejected
+from glimp_ray.step_run import StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,31 @@ class ServeStepClient:
                 continue
             return unwrap(result)
         raise AssertionError("unreachable")
+
+    async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
+        """A run of easy steps (streaming glimpse) as one streaming call to the session's replica.
+
+        Not retried: a failure ends the run with :class:`PoolUnavailableError`, and the loop makes
+        the step a call of its own, which is."""
+        stream = self.handle.options(session_id=request.session_id, stream=True).run_steps.remote(request, run)
+        finished = False
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(stream.__anext__(), self.timeout_s)
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                yield unwrap(item)
+        except asyncio.TimeoutError:
+            raise PoolUnavailableError(f"the {self.name} pool did not answer within {self.timeout_s:g} s") from None
+        except TaskCancelledError:
+            raise asyncio.CancelledError() from None
+        except _GONE as exc:
+            raise PoolUnavailableError(f"the {self.name} pool is unavailable: {type(exc).__name__}") from exc
+        finally:
+            if not finished:
+                stream.cancel()  # the loop stopped reading (or went away): stop the run on the replica
 
     async def release(self, session_id: str) -> None:
         """Forget the session on its replica. The call runs detached from the request that

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from glimp_ray.config import ModelConfig
 from glimp_ray.engine.base import InvalidRequestError, StepRejected
 from glimp_ray.meters import ServiceMeter
+from glimp_ray.step_run import StepRun, run_steps
 from glimp_ray.types import StepRequest, StepResult
 
 
@@ -32,6 +34,7 @@ class StepServer:
         self.logger = logger or logging.getLogger(__name__)
         self.service = ServiceMeter(metrics_window_s)
         self.max_concurrency = config.max_num_seqs or config.max_running
+        self.calls = 0  # calls served: single steps and runs of steps
         self.step_model_s = 0.0  # finished steps' seconds in the model, summed (request-seconds)
         self.step_tokens = 0  # and their generated tokens
         self.engine = config.load_engine()
@@ -40,6 +43,7 @@ class StepServer:
 
     async def step(self, request: StepRequest) -> StepResult | StepRejected:
         """One step call; a request the engine refuses comes back as :class:`StepRejected`."""
+        self.calls += 1
         try:
             result = await self.engine.step(request)
         except InvalidRequestError as exc:
@@ -59,6 +63,19 @@ class StepServer:
         )
         return result
 
+    async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult | StepRejected]:
+        """A run of easy steps (streaming glimpse): each step streamed back as it completes; a
+        step the engine refuses ends the run as a :class:`StepRejected` value."""
+        self.calls += 1
+        try:
+            async for result in run_steps(self.engine, request, run):
+                self.step_model_s += result.model_s
+                self.step_tokens += result.generated_tokens
+                yield result
+        except InvalidRequestError as exc:
+            self.logger.warning("step refused (%s): %s", request.session_id, exc)
+            yield StepRejected.of(exc)
+
     async def release(self, session_id: str) -> None:
         await self.engine.release(session_id)
 
@@ -66,6 +83,7 @@ class StepServer:
         """Replica id and cache counters, for tests and debugging."""
         return {
             "replica": self.engine.replica,
+            "calls": self.calls,
             "sessions": len(self.engine.sessions),
             "cached_tokens": self.engine.sessions.cached_tokens,
             "forwarded_tokens": self.engine.forwarded_tokens,

@@ -36,7 +36,7 @@ def served(outcome: StepResult | Exception) -> Any:
     """ModelServer.step (the class under Serve's decorator) on a replica with a stand-in engine."""
     replica = StepServer.__new__(ModelServer.func_or_class)
     replica.engine, replica.logger = Engine(outcome), logging.getLogger("ray.serve")  # as its __init__ sets
-    replica.step_model_s, replica.step_tokens = 0.0, 0
+    replica.step_model_s, replica.step_tokens, replica.calls = 0.0, 0, 0
     return asyncio.run(replica.step(REQUEST))
 
 

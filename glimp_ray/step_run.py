@@ -1,0 +1,97 @@
+"""Streaming glimpse: consecutive easy steps in one call to the small pool.
+
+In fused mode every easy step used to be its own round trip to the small pool. A run goes on
+instead: after each step the pool glimpses the next one itself and writes it while its
+first-token entropy stays within τ, streaming each step back as it completes. It stops after a
+step routed away (nothing kept: the large model writes it), at the end of thinking, a repeat, a
+step cut short by the context, or the thinking budget — the loop's own stop rules, shared here
+with :mod:`glimp_ray.collab` so both decide alike (and if they ever differ, the loop closes the
+run or opens the next one, with the same output).
+
+Runs are served where the engine lives (:meth:`glimp_ray.step_server.StepServer.run_steps`, a
+Serve streaming call); in-process clients run the same loop over their ``step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from glimp_ray.engine.base import StepClient
+from glimp_ray.params import LoopRules
+from glimp_ray.types import GenerateSpec, SamplingParams, StepRequest, StepResult
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """How a run goes on after its first step: the loop's step shape, budget and stop rules."""
+
+    first_index: int  # the index of the run's first step
+    used_tokens: int  # thinking tokens written before it
+    thinking_budget: int
+    step_max_tokens: int
+    delimiter: str
+    rules: LoopRules
+    temperature: float
+    top_p: float
+    seed: int | None
+    previous_text: str | None  # the step before the run, as the transcript holds it (repeat rule)
+
+
+def step_seed(seed: int | None, index: int, large: bool) -> int | None:
+    """A distinct, reproducible sampling seed per step and model (``index`` -1: the answer)."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + index * 2 + large) % 2**63
+
+
+def step_max_tokens(step_max: int, budget: int, used: int, rules: LoopRules) -> int:
+    """A step's ``max_tokens``: the step's cap, clipped to the budget left where the rules say."""
+    return min(step_max, budget - used) if rules.clip_to_budget else step_max
+
+
+def joined(text: str, delimiter: str, rules: LoopRules) -> str:
+    """A step's text as the transcript holds it: as written, or (reference rule) always followed
+    by the delimiter, also when ``max_tokens`` cut it."""
+    if rules.delimiter_after_every_step and not text.endswith(delimiter):
+        return text + delimiter
+    return text
+
+
+def repeats(text: str, previous: str | None, index: int, rules: LoopRules) -> bool:
+    """A step repeating the one before it verbatim: the model is looping."""
+    return index >= rules.first_repeat_step and bool(text) and text == previous
+
+
+def ends_thinking(
+    result: StepResult, text: str, previous: str | None, index: int, max_tokens: int, rules: LoopRules
+) -> bool:
+    """Whether the thinking stops after this (unrouted) step, budget aside."""
+    return (
+        result.finish_reason in ("think_end", "eos")
+        or repeats(text, previous, index, rules)
+        or (result.finish_reason == "length" and result.generated_tokens < max_tokens)  # the context is full
+    )
+
+
+def _step_request(request: StepRequest, run: StepRun, transcript: str, index: int, max_tokens: int) -> StepRequest:
+    sampling = SamplingParams(run.temperature, run.top_p, step_seed(run.seed, index, False))
+    return dataclasses.replace(
+        request, transcript=transcript, generate=GenerateSpec(max_tokens, (run.delimiter,), sampling)
+    )
+
+
+async def run_steps(client: StepClient, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
+    """Fused steps on ``client`` from ``request`` (its glimpse carries τ) while each goes on."""
+    transcript, index, used, previous = request.transcript, run.first_index, run.used_tokens, run.previous_text
+    while used < run.thinking_budget:
+        max_tokens = step_max_tokens(run.step_max_tokens, run.thinking_budget, used, run.rules)
+        result = await client.step(_step_request(request, run, transcript, index, max_tokens))
+        yield result
+        if result.routed:
+            return
+        text = joined(result.text, run.delimiter, run.rules)
+        if ends_thinking(result, text, previous, index, max_tokens, run.rules):
+            return
+        transcript, index, used, previous = transcript + text, index + 1, used + result.generated_tokens, text
