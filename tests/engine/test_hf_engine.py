@@ -67,6 +67,26 @@ def test_glimpse_entropy_matches_a_plain_forward(make_engine: Any) -> None:
     assert topk.entropy == entropy_approx(glimpse_entropy(logits, "topk", 20))
 
 
+def test_runs_of_easy_steps_match_one_call_per_step(make_engine: Any) -> None:
+    """Streaming glimpse (the fused default) against one small call per step: the same records.
+    (Through Serve a run is one pool call: tests/deployments/test_streaming_glimpse.py.)"""
+    tau = median_threshold(make_engine)
+    results, calls = {}, {}
+    for streaming in (True, False):
+        small = RecordingClient(make_engine("small"))
+        collab = Collaborator(small, make_engine("large"), PARAMS)
+        results[streaming] = asyncio.run(collab.run(MESSAGES, threshold=tau, streaming_glimpse=streaming))
+        calls[streaming] = len(small.results)
+    streamed, per_step = results[True], results[False]
+    assert {s.model for s in streamed.steps} == {"small", "large"}
+    assert [(s.model, s.text, s.tokens, s.finish_reason) for s in streamed.steps] == [
+        (s.model, s.text, s.tokens, s.finish_reason) for s in per_step.steps
+    ]
+    assert [s.entropy for s in streamed.steps] == entropy_approx([s.entropy for s in per_step.steps])
+    assert streamed.answer == per_step.answer
+    assert calls[True] == calls[False]  # in-process a run is those same step calls, one by one
+
+
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     tau = median_threshold(make_engine)
     results = {}

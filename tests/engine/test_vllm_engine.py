@@ -85,6 +85,13 @@ def test_fused_and_paper_modes_give_the_same_greedy_output(engines: dict[str, An
     assert {s.model for s in fused.steps} == {"small", "large"}  # both routes taken
     assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
     assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
+    # Fused runs of easy steps (streaming glimpse, the default) against one call per step.
+    per_step = run(
+        engines,
+        Collaborator(small, large, PARAMS).run(list(MESSAGES), threshold=tau, mode="fused", streaming_glimpse=False),
+    )
+    assert [(s.model, s.text, s.tokens) for s in fused.steps] == [(s.model, s.text, s.tokens) for s in per_step.steps]
+    assert fused.answer == per_step.answer
 
 
 def test_a_routed_glimpse_generates_nothing(engines: dict[str, Any]) -> None:
