@@ -19,29 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from demo_app import DEMO_TAU, MODEL, demo_app_args
 
 from glimp_ray.demo.task import make_split, verify
 from glimp_ray.eval.metrics import percentile
 
-MODEL = "glimp-bench"
 OVERLOAD = {"max_token_s": 0.02, "tau_max": 2.5, "raise_step": 0.2, "fall_step": 0.1, "window": 8}
-
-
-def app_args(overload: bool) -> dict[str, Any]:
-    routing: dict[str, Any] = {"policy": "entropy", "threshold": 0.16}
-    if overload:
-        routing["overload"] = OVERLOAD
-    return {
-        "routing": routing,
-        "sampling": {"temperature": 0.6, "top_p": 0.95},
-        "limits": {"step_max_tokens": 64, "thinking_budget": 512, "answer_max_tokens": 32},
-        "serving": {
-            "model_name": MODEL,
-            "small": {"num_replicas": 1, "num_cpus": 0.1},
-            "large": {"num_replicas": 1, "num_cpus": 0.1},
-            "router": {"num_cpus": 0.1},
-        },
-    }
 
 
 async def run_phases(base: str, phases: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
@@ -147,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for controlled in (True, False):
-            serve.run(build_app(app_args(controlled)), name="bench", route_prefix="/")
+            routing: dict[str, Any] = {"policy": "entropy", "threshold": DEMO_TAU}
+            if controlled:
+                routing["overload"] = OVERLOAD
+            serve.run(build_app(demo_app_args(routing)), name="bench", route_prefix="/")
             base = f"http://127.0.0.1:{args.port}"
             asyncio.run(run_phases(base, [("warm-up", 2, 5.0)]))
             results[controlled] = asyncio.run(run_phases(base, phases))

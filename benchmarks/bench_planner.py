@@ -25,27 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from demo_app import MODEL, demo_app_args
 
 from glimp_ray.demo.task import make_split
 from glimp_ray.eval.metrics import percentile
 from glimp_ray.planner import format_plan, plan, requests_from_spans
-
-MODEL = "glimp-bench"
-
-
-def app_args(spans: Path, small_replicas: int, large_replicas: int) -> dict[str, Any]:
-    return {
-        "routing": {"policy": "entropy", "threshold": 0.16},
-        "sampling": {"temperature": 0.6, "top_p": 0.95},
-        "limits": {"step_max_tokens": 64, "thinking_budget": 512, "answer_max_tokens": 32},
-        "serving": {
-            "model_name": MODEL,
-            "small": {"num_replicas": small_replicas, "num_cpus": 0.1},
-            "large": {"num_replicas": large_replicas, "num_cpus": 0.1},
-            "router": {"num_cpus": 0.1},
-            "tracing": {"exporter": "jsonl", "path": str(spans)},
-        },
-    }
 
 
 async def poisson(base: str, messages: list[list[dict[str, str]]], rps: float, seed: int) -> list[float]:
@@ -97,7 +81,7 @@ def deploy(spans: Path, small: int, large: int, port: int) -> str:
 
     from deployments.app import build_app
 
-    serve.run(build_app(app_args(spans, small, large)), name="bench", route_prefix="/")
+    serve.run(build_app(demo_app_args(small=small, large=large, spans=spans)), name="bench", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     asyncio.run(poisson(base, [make_split("validation", 1)[0].messages()] * 2, 10.0, 0))  # warm-up
     time.sleep(FLUSH_S)

@@ -20,29 +20,15 @@ import time
 from typing import Any
 
 import httpx
+from demo_app import DEMO_TAU, MODEL, demo_app_args
 
 from glimp_ray.demo.task import make_split, verify
 
-MODEL = "glimp-bench"
 VARIANTS = {
-    "GlimpRouter, streamed": {"policy": "entropy", "threshold": 0.16, "streaming_glimpse": True},
-    "GlimpRouter, per step": {"policy": "entropy", "threshold": 0.16, "streaming_glimpse": False},
+    "GlimpRouter, streamed": {"policy": "entropy", "threshold": DEMO_TAU, "streaming_glimpse": True},
+    "GlimpRouter, per step": {"policy": "entropy", "threshold": DEMO_TAU, "streaming_glimpse": False},
     "large-only": {"policy": "large"},
 }
-
-
-def app_args(routing: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "routing": routing,
-        "sampling": {"temperature": 0.6, "top_p": 0.95},
-        "limits": {"step_max_tokens": 64, "thinking_budget": 512, "answer_max_tokens": 32},
-        "serving": {
-            "model_name": MODEL,
-            "small": {"num_replicas": 1, "num_cpus": 0.1},
-            "large": {"num_replicas": 1, "num_cpus": 0.1},
-            "router": {"num_cpus": 0.1},
-        },
-    }
 
 
 def model_s(call: dict[str, Any]) -> float:
@@ -120,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for name, routing in VARIANTS.items():
-            serve.run(build_app(app_args(routing)), name="bench", route_prefix="/")
+            serve.run(build_app(demo_app_args(routing)), name="bench", route_prefix="/")
             base = f"http://127.0.0.1:{args.port}"
             asyncio.run(sequential(base, problems[-2:]))  # warm-up
             before = pool_calls("bench")

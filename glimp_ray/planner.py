@@ -19,6 +19,7 @@ router's wall clock.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -144,6 +145,21 @@ def predicted_latencies(
     return latencies
 
 
+def predict(
+    requests: Sequence[TracedRequest],
+    routed: Sequence[Sequence[Routed]],
+    curves: dict[str, BatchingCurve],
+    demand: dict[str, float],
+    replicas: dict[str, int],
+    max_concurrency: int,
+) -> tuple[dict[str, float], float]:
+    """Calls per replica in each pool and the p95 latency, for ``demand`` tokens/s on ``replicas``."""
+    concurrency = {p: curves[p].concurrency_at(demand[p], replicas[p]) for p in POOLS}
+    if any(concurrency[p] > max_concurrency for p in POOLS):
+        return concurrency, math.inf
+    return concurrency, percentile(predicted_latencies(requests, routed, curves, concurrency), 95)
+
+
 @dataclass
 class CapacityPlan:
     threshold: float | None
@@ -213,13 +229,8 @@ def plan(
         tokens = pool_demand(routed)
         replicas = size_pools(rps, tokens, curves, max_concurrency, target)
 
-        def evaluate(
-            replicas: dict[str, int], tokens: dict[str, float] = tokens, routed: list[list[Routed]] = routed
-        ) -> tuple[dict[str, float], float]:
-            b = {p: curves[p].concurrency_at(rps * tokens[p], replicas[p]) for p in POOLS}
-            if any(b[p] > max_concurrency for p in POOLS):
-                return b, math.inf
-            return b, percentile(predicted_latencies(requests, routed, curves, b), 95)
+        demand = {p: rps * tokens[p] for p in POOLS}
+        evaluate = functools.partial(predict, requests, routed, curves, demand, max_concurrency=max_concurrency)
 
         concurrency, p95 = evaluate(replicas)
         while slo_p95_s is not None and p95 > slo_p95_s:

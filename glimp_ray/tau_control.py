@@ -70,7 +70,6 @@ class TauController:
     """The router's current τ: the configured one, adapted by a :class:`TauControl`."""
 
     def __init__(self, threshold: float, control: TauControl | None = None):
-        self.threshold = threshold
         self.control = control or TauControl()
         self.entropies: deque[float] = deque(maxlen=self.control.window)
         self.waits: list[float] = []
@@ -121,7 +120,7 @@ class TauController:
 
     def reset(self, threshold: float) -> None:
         """A new configured τ (the router's user_config changed): adaptation starts over from it."""
-        self.threshold = self.base = threshold
+        self.base = threshold
         self.shed = 0.0
         self.steps_since_decision = 0
         self.entropies.clear()

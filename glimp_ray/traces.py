@@ -33,9 +33,6 @@ class TracedCall:
     concurrency: float = 1.0  # mean calls its replica ran during it, itself included
 
 
-TracedStep = TracedCall
-
-
 @dataclass(frozen=True)
 class TracedRequest:
     trace_id: str
@@ -56,10 +53,6 @@ class TracedRequest:
     @property
     def answer_tokens(self) -> int:
         return self.answer.tokens
-
-    @property
-    def answer_model_s(self) -> float:
-        return self.answer.model_s
 
 
 def _seconds(span: dict[str, Any], key: str) -> float | None:
