@@ -94,3 +94,21 @@ def test_demo_models_are_named_by_demo_prefix() -> None:
         ValidationError, match="no demo model 'demo:huge'; shipped: demo:large, demo:small, demo:small-h32"
     ):
         ModelConfig(model="demo:huge")
+
+
+def test_online_tau_settings_are_checked_and_stay_out_of_the_loop() -> None:
+    config = parse_config(
+        {"routing": {"target_large_fraction": 0.3, "overload": {"max_token_s": 0.05, "tau_max": 2.0}}}
+    )
+    control = config.routing.tau_control()
+    assert control.target_large_fraction == 0.3 and control.overload is not None
+    assert control.overload.tau_max == 2.0 and control.active
+    assert not hasattr(config.collab_params(), "overload")  # served only: the loop never sees them
+    for bad, field in [
+        ({"target_large_fraction": 1.5}, "routing.target_large_fraction"),
+        ({"overload": {"max_token_s": 0, "tau_max": 1.0}}, "routing.overload.max_token_s"),
+        ({"tau_min": 2.0, "overload": {"max_token_s": 0.1, "tau_max": 1.0}}, "below tau_min"),
+        ({"overload": {"tau_max": 1.0}}, "routing.overload.max_token_s"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            parse_config({"routing": bad})
