@@ -75,23 +75,55 @@ def ends_thinking(
     )
 
 
-def _step_request(request: StepRequest, run: StepRun, transcript: str, index: int, max_tokens: int) -> StepRequest:
-    sampling = SamplingParams(run.temperature, run.top_p, step_seed(run.seed, index, False))
-    return dataclasses.replace(
-        request, transcript=transcript, generate=GenerateSpec(max_tokens, (run.delimiter,), sampling)
-    )
+class RunCursor:
+    """Where a run stands: the next step's request after each finished step, or ``None`` where
+    the run ends. Engines that keep a run inside their step loop call :meth:`advance` there."""
+
+    def __init__(self, request: StepRequest, run: StepRun):
+        self.request, self.run = request, run
+        self.transcript, self.index, self.used = request.transcript, run.first_index, run.used_tokens
+        self.previous = run.previous_text
+        self.max_tokens = 0
+        self.ended = False
+
+    def first(self) -> StepRequest | None:
+        """The run's first step (its glimpse carries τ); ``None`` when the budget is spent."""
+        return self._next()
+
+    def advance(self, result: StepResult) -> StepRequest | None:
+        """After a finished step: the next step's request, or ``None`` (and :attr:`ended`) when the
+        run ends with it."""
+        rules, delimiter = self.run.rules, self.run.delimiter
+        text = joined(result.text, delimiter, rules)
+        if result.routed or ends_thinking(result, text, self.previous, self.index, self.max_tokens, rules):
+            self.ended = True
+            return None
+        self.transcript += text
+        self.index += 1
+        self.used += result.generated_tokens
+        self.previous = text
+        return self._next()
+
+    def _next(self) -> StepRequest | None:
+        run = self.run
+        if self.used >= run.thinking_budget:
+            self.ended = True
+            return None
+        self.max_tokens = step_max_tokens(run.step_max_tokens, run.thinking_budget, self.used, run.rules)
+        sampling = SamplingParams(run.temperature, run.top_p, step_seed(run.seed, self.index, False))
+        return dataclasses.replace(
+            self.request,
+            transcript=self.transcript,
+            generate=GenerateSpec(self.max_tokens, (run.delimiter,), sampling),
+        )
 
 
 async def run_steps(client: StepClient, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
-    """Fused steps on ``client`` from ``request`` (its glimpse carries τ) while each goes on."""
-    transcript, index, used, previous = request.transcript, run.first_index, run.used_tokens, run.previous_text
-    while used < run.thinking_budget:
-        max_tokens = step_max_tokens(run.step_max_tokens, run.thinking_budget, used, run.rules)
-        result = await client.step(_step_request(request, run, transcript, index, max_tokens))
+    """Fused steps on ``client`` from ``request`` (its glimpse carries τ) while each goes on, one
+    call per step (for clients without a run of their own)."""
+    cursor = RunCursor(request, run)
+    step = cursor.first()
+    while step is not None:
+        result = await client.step(step)
         yield result
-        if result.routed:
-            return
-        text = joined(result.text, run.delimiter, run.rules)
-        if ends_thinking(result, text, previous, index, max_tokens, run.rules):
-            return
-        transcript, index, used, previous = transcript + text, index + 1, used + result.generated_tokens, text
+        step = cursor.advance(result)

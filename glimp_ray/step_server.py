@@ -68,7 +68,9 @@ class StepServer:
         step the engine refuses ends the run as a :class:`StepRejected` value."""
         self.calls += 1
         try:
-            async for result in run_steps(self.engine, request, run):
+            own = getattr(self.engine, "run_steps", None)  # runs inside the engine's step loop
+            steps = own(request, run) if own is not None else run_steps(self.engine, request, run)
+            async for result in steps:
                 self.step_model_s += result.model_s
                 self.step_tokens += result.generated_tokens
                 yield result

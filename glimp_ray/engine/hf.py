@@ -169,6 +169,9 @@ class HFEngine(StepLoopEngine):
         for seq in inbox:
             self.scheduler.add(seq)
 
+    def resume(self, seq: Sequence) -> None:
+        self.scheduler.waiting.appendleft(seq)
+
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
@@ -368,7 +371,7 @@ class HFEngine(StepLoopEngine):
         if cancelled:
             # Its caller went away: the session would only wait for LRU eviction.
             self.sessions.release(session.session_id)
-        seq.on_done(asyncio.CancelledError() if cancelled else result)
+        self._done(seq, asyncio.CancelledError() if cancelled else result)
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:
         session = seq.session

@@ -28,6 +28,7 @@ class Sequence:
     on_done: DoneCallback
     submitted: float = field(default_factory=time.perf_counter)
     aborted: bool = False  # the caller went away: stopped at the next turn
+    run: Any = None  # the ChainedRun this step belongs to (a run of easy steps), if any
     session: Session | None = None
     # prefill
     prefill: list[int] = field(default_factory=list)

@@ -4,6 +4,11 @@ Callers submit :class:`~glimp_ray.engine.sequence.Sequence` s and await a future
 thread hands new requests and releases to the engine between turns and runs
 :meth:`StepLoopEngine.run_once` while there is work. A cancelled caller only marks its request
 aborted: the loop stops it at its next turn, never in the middle of a forward.
+
+A run of easy steps (streaming glimpse, :meth:`StepLoopEngine.run_steps`) stays inside the step
+loop: when one of its steps finishes and the run goes on, the next step's request is queued first
+in line on the worker thread itself, with no round trip to the caller; each finished step is still
+streamed back as it completes.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from glimp_ray.engine.base import EngineError
-from glimp_ray.engine.sequence import Sequence
+from glimp_ray.engine.sequence import DoneCallback, Sequence
+from glimp_ray.step_run import RunCursor, StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,17 @@ _LIVE_ENGINES: weakref.WeakSet[StepLoopEngine] = weakref.WeakSet()
 def _close_live_engines() -> None:
     for engine in list(_LIVE_ENGINES):
         engine.close()
+
+
+@dataclass(eq=False)
+class ChainedRun:
+    """A run of easy steps inside the step loop: its cursor, its step in flight and whether its
+    caller went away (guarded by the engine's lock)."""
+
+    cursor: RunCursor
+    done: DoneCallback
+    current: Sequence | None = None
+    closed: bool = False
 
 
 class StepLoopEngine:
@@ -57,6 +76,10 @@ class StepLoopEngine:
         """Raise for a request that must not be queued at all."""
 
     def accept(self, inbox: list[Sequence], releases: set[str]) -> None:
+        raise NotImplementedError
+
+    def resume(self, seq: Sequence) -> None:
+        """Queue the next step of a run, first in line (on the worker thread)."""
         raise NotImplementedError
 
     @property
@@ -96,6 +119,65 @@ class StepLoopEngine:
             with self._cv:
                 self._outstanding.discard(seq)
             raise
+
+    async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
+        """A run of easy steps served inside the step loop; each step is yielded as it completes.
+        Closing the iterator early stops the step in flight at its next turn."""
+        cursor = RunCursor(request, run)
+        first = cursor.first()
+        if first is None:
+            return
+        self.check(first)
+        loop = asyncio.get_running_loop()
+        outcomes: asyncio.Queue[tuple[StepResult | BaseException, bool]] = asyncio.Queue()
+
+        def done(outcome: StepResult | BaseException) -> None:  # on the worker thread
+            with self._cv:
+                self._outstanding.discard(chained.current)  # type: ignore[arg-type]
+            last = not isinstance(outcome, StepResult) or cursor.ended
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                loop.call_soon_threadsafe(outcomes.put_nowait, (outcome, last))
+
+        chained = ChainedRun(cursor, done)
+        chained.current = Sequence(first, done, run=chained)
+        self._submit(chained.current)
+        try:
+            while True:
+                outcome, last = await outcomes.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield outcome
+                if last:
+                    return
+        finally:
+            with self._cv:
+                chained.closed = True
+                if chained.current is not None:
+                    chained.current.aborted = True  # finished already, or stopped at its next turn
+                    self._outstanding.discard(chained.current)
+
+    def _done(self, seq: Sequence, outcome: StepResult | BaseException) -> None:
+        """Answer a finished request (on the worker thread); a run that goes on queues its next step."""
+        chained: ChainedRun | None = seq.run
+        following = None
+        if chained is not None and isinstance(outcome, StepResult) and not chained.closed:
+            following = chained.cursor.advance(outcome)
+        seq.on_done(outcome)
+        if chained is None or following is None:
+            return
+        nxt = Sequence(following, chained.done, run=chained)
+        with self._cv:
+            if chained.closed:
+                return
+            chained.current = nxt
+            self._outstanding.add(nxt)
+        try:
+            self.check(following)
+        except Exception as exc:
+            chained.cursor.ended = True
+            nxt.on_done(exc)
+            return
+        self.resume(nxt)
 
     async def release(self, session_id: str) -> None:
         with self._cv:

@@ -15,6 +15,8 @@ from glimp_ray.engine.recording import RecordingClient
 from glimp_ray.engine.stops import cut_step_text
 from glimp_ray.engine.text import render_prompt
 from glimp_ray.entropy import glimpse_entropy
+from glimp_ray.params import PRESET_RULES
+from glimp_ray.step_run import StepRun, run_steps
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
 from tests.numeric import entropy_approx
 
@@ -85,6 +87,74 @@ def test_runs_of_easy_steps_match_one_call_per_step(make_engine: Any) -> None:
     assert [s.entropy for s in streamed.steps] == entropy_approx([s.entropy for s in per_step.steps])
     assert streamed.answer == per_step.answer
     assert calls[True] == calls[False]  # in-process a run is those same step calls, one by one
+
+
+def _run_spec(budget: int = 150) -> StepRun:
+    p = PARAMS
+    return StepRun(0, 0, budget, p.step_max_tokens, p.delimiter, PRESET_RULES["glimp"], 0.0, 1.0, None, None)
+
+
+async def _collect(steps: Any) -> list[StepResult]:
+    return [result async for result in steps]
+
+
+def test_a_run_inside_the_step_loop_matches_one_call_per_step(make_engine: Any, monkeypatch: Any) -> None:
+    """HFEngine serves a run of easy steps inside its step loop: never through ``step`` (no round
+    trip per step), with the results one call per step gives."""
+    tau = median_threshold(make_engine)
+    request = StepRequest("run", MESSAGES, glimpse=GlimpseSpec(threshold=tau))
+    per_step = asyncio.run(_collect(run_steps(RecordingClient(make_engine("small")), request, _run_spec())))
+    engine = make_engine("small")
+
+    async def no_step(request: StepRequest) -> StepResult:
+        raise AssertionError("a run inside the loop makes no step calls")
+
+    monkeypatch.setattr(engine, "step", no_step)
+    inside = asyncio.run(_collect(engine.run_steps(request, _run_spec())))
+    assert len(inside) > 1 and inside[-1].routed  # a run of several steps, ended by a hard one
+    assert [(r.token_ids, r.text, r.finish_reason) for r in inside] == [
+        (r.token_ids, r.text, r.finish_reason) for r in per_step
+    ]
+    assert [r.entropy for r in inside] == entropy_approx([r.entropy for r in per_step])
+    assert all(r.reused_tokens > 0 for r in inside[1:])  # each step goes on from the session's KV
+    assert engine.queued == 0 and not any(s.busy for s in engine.sessions)
+
+
+def test_collaborator_on_engines_gives_the_per_step_records(make_engine: Any) -> None:
+    tau = median_threshold(make_engine)
+    results = {
+        streaming: asyncio.run(
+            Collaborator(make_engine("small"), make_engine("large"), PARAMS).run(
+                MESSAGES, threshold=tau, streaming_glimpse=streaming
+            )
+        )
+        for streaming in (True, False)
+    }
+    streamed, per_step = results[True], results[False]
+    assert {s.model for s in streamed.steps} == {"small", "large"}
+    assert [(s.model, s.text, s.tokens, s.finish_reason) for s in streamed.steps] == [
+        (s.model, s.text, s.tokens, s.finish_reason) for s in per_step.steps
+    ]
+    assert streamed.answer == per_step.answer
+
+
+def test_closing_a_run_midway_releases_everything(make_engine: Any) -> None:
+    engine = make_engine("small")
+    request = StepRequest("run", MESSAGES, glimpse=GlimpseSpec(threshold=1e9))  # every step easy
+
+    async def take_two() -> list[StepResult]:
+        steps = engine.run_steps(request, _run_spec(budget=10_000))
+        got = [await anext(steps), await anext(steps)]
+        await steps.aclose()  # the caller goes away with the run still going
+        await asyncio.sleep(0.2)  # the step in flight stops at the engine's next turn
+        return got
+
+    got = asyncio.run(take_two())
+    assert len(got) == 2 and not any(r.routed for r in got)
+    assert engine.queued == 0 and not engine.scheduler.has_work
+    assert not any(s.busy for s in engine.sessions)
+    again = asyncio.run(_collect(engine.run_steps(request, _run_spec(budget=40))))  # it serves on
+    assert again and not any(r.routed for r in again)
 
 
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
