@@ -35,8 +35,11 @@ tiny-models/small/config.json: | setup
 	$(BIN)/python -m glimp_ray.tiny tiny-models
 
 # The main job: the demo models served on a local Ray cluster (serve run starts one).
+# Ray Serve's throughput-optimized mode, proxy kept (deployments/serve_env.py says why).
+SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0
+
 serve: setup
-	$(BIN)/serve run configs/demo.yaml
+	$(SERVE_ENV) $(BIN)/serve run configs/demo.yaml
 
 # One request in-process, printed with its per-step table.
 demo: setup

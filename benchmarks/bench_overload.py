@@ -121,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from deployments import serve_env
     from deployments.app import build_app
 
     light1, heavy, light2 = (float(s) for s in args.phase_s.split(","))
     phases = [("light", args.light, light1), ("heavy", args.heavy, heavy), ("light again", args.light, light2)]
     results = {}
+    serve_env.apply()  # Serve's throughput-optimized mode, as the project serves
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from deployments import serve_env
     from deployments.app import build_app
     from deployments.config import AppConfig
     from glimp_ray.local import close_collaborator, load_collaborator
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         local_answers.append(result.answer)
     close_collaborator(collab)
 
+    serve_env.apply()  # Serve's throughput-optimized mode, as the project serves
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

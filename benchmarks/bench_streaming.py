@@ -96,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from deployments import serve_env
     from deployments.app import build_app
 
     problems = make_split("test", 300)
     chosen = problems[: args.requests]
     results: dict[str, tuple[list[dict[str, Any]], float]] = {}
     rates: dict[int, tuple[float, float]] = {}
+    serve_env.apply()  # Serve's throughput-optimized mode, as the project serves
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -36,6 +36,10 @@ def start_local_cluster(
     """
     import ray
     from ray._common.utils import get_default_ray_temp_dir
+
+    from deployments import serve_env
+
+    serve_env.apply()  # the raylets started here pass it to every Ray process
     from ray.cluster_utils import Cluster
 
     # Ray's Cluster writes the head's address to <system temp>/ray/ray_current_cluster whatever

@@ -107,6 +107,9 @@ def _batch(args: argparse.Namespace) -> int:
         else:
             # A local cluster with room for the engine actors, the workers and Ray Data's
             # read tasks even on a 2-core machine (the engines are mostly idle between calls).
+            from deployments import serve_env
+
+            serve_env.apply()  # for a Serve app (--serve-app) on this cluster
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
     columns = BatchColumns(args.id_column, args.prompt_column, args.messages_column)
     summary = run_batch(

@@ -6,6 +6,13 @@ batching), behind the same :class:`~glimp_ray.engine.base.StepClient` contract a
 - **Fused mode**: the step streams; right after its first token, if the entropy exceeds τ the
   request is aborted and ``routed`` returned (nothing else was generated). **Paper mode** sends a
   separate 1-token request, as the reference code does.
+- **Runs of easy steps** (streaming glimpse, :meth:`VLLMEngine.run_steps`): one vLLM request
+  writes step after step. At each delimiter the next token's top-k logprobs are its glimpse; a
+  hard one aborts the request (that token dropped) and the step is returned ``routed``. A request
+  stops where a new one would not see the same tokens (a token running past the delimiter, which
+  a new request would re-tokenize) and the run goes on with a new request. Under greedy decoding
+  the steps are those of one call per step; with sampling, a request's steps draw from its one
+  seeded stream (reproducible, but not the per-step seeds).
 - **Sessions**: each session keeps the tokens it sent and generated (never re-tokenized, as in
   HFEngine); vLLM's automatic prefix caching reuses their KV, and its per-request cached-token
   count fills ``reused_tokens`` / ``prefill_tokens``. ``release`` forgets the tokens; the KV
@@ -19,15 +26,17 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
 from glimp_ray.engine.model_files import eos_ids, longest_token_chars
 from glimp_ray.engine.session import SessionCache
-from glimp_ray.engine.stops import cut_step_text
+from glimp_ray.engine.stops import StopMatcher, cut_step_text
 from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.entropy import topk_entropy
 from glimp_ray.policies import routes_large
+from glimp_ray.step_run import RunCursor, StepRun, run_steps
 from glimp_ray.types import FinishReason, StepRequest, StepResult
 
 
@@ -85,6 +94,7 @@ class VLLMEngine:
         self.eos_ids = eos_ids
         self.generated_tokens = 0
         self.forwarded_tokens = 0  # prompt tokens vLLM did not find in its prefix cache, plus decodes
+        self.requests = 0  # vLLM requests made (a run of steps can be one)
         self.busy_s = 0.0
         self._running = 0
         self._busy_since = 0.0
@@ -193,6 +203,170 @@ class VLLMEngine:
         finally:
             self._leave()
 
+    async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
+        """A run of easy steps (streaming glimpse), as few vLLM requests as the tokens allow; each
+        step is yielded as it completes. The reference rules (a delimiter added after a cut step,
+        a step that may overrun the budget) change the text between steps: one request per step."""
+        if run.rules.delimiter_after_every_step or not run.rules.clip_to_budget or request.glimpse is None:
+            async for result in run_steps(self, request, run):
+                yield result
+            return
+        cursor = RunCursor(request, run)
+        step = cursor.first()
+        while step is not None:
+            following: list[StepRequest | None] = []
+            async with contextlib.aclosing(self._stream_steps(step, cursor, following)) as steps:
+                async for result in steps:  # closed at once if the caller stops reading
+                    yield result
+            step = following[0] if following else None
+
+    async def _stream_steps(
+        self, step: StepRequest, cursor: RunCursor, following: list[StepRequest | None]
+    ) -> AsyncGenerator[StepResult, None]:
+        """Steps of one vLLM request from ``step`` on; when the request stops before the run ends,
+        the next step's request is left in ``following``."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        glimpse, gen = step.glimpse, step.generate
+        assert glimpse is not None and gen is not None and glimpse.threshold is not None
+        refuse_text_longer_than(step, self.max_text_chars, self.name, self.max_context)
+        session = self.sessions.get(step.session_id)
+        text, templated = render_prompt(self.tokenizer, step, self.think_start, self.think_end)
+        sync_session(self.tokenizer, session, text, templated)
+        prompt = list(session.tokens)
+        if not prompt:
+            raise InvalidRequestError("empty prompt")
+        if len(prompt) >= self.max_context:
+            self.sessions.release(step.session_id)
+            raise PromptTooLongError(
+                f"prompt and transcript are {len(prompt)} tokens; {self.name} has a context of {self.max_context}"
+            )
+        run = cursor.run
+        think_stops = () if step.close_thinking else (self.think_end,)
+        stops = tuple(s for s in (run.delimiter, *think_stops) if s)
+        matcher = StopMatcher(self.tokenizer, stops)
+        sampling = gen.sampling
+        params = SamplingParams(
+            max_tokens=min(run.thinking_budget - cursor.used, self.max_context - len(prompt)),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            seed=sampling.seed,
+            stop=list(think_stops) or None,
+            include_stop_str_in_output=True,
+            logprobs=glimpse.top_k,
+            skip_special_tokens=False,
+            spaces_between_special_tokens=False,
+        )
+        params.output_kind = RequestOutputKind.DELTA
+        request_id = f"{step.session_id}-run-{uuid.uuid4().hex[:12]}"
+        self.requests += 1
+        self._enter()
+        context, cached, first_call = len(prompt), 0, True
+        tokens: list[int] = []  # the current step's
+        entropy: float | None = None
+        start = first_at = time.perf_counter()
+        outputs = self.llm.generate({"prompt_token_ids": prompt}, params, request_id=request_id)
+        finished = False
+        try:
+            async for out in outputs:
+                choice = out.outputs[0]
+                if out.num_cached_tokens is not None and first_call:
+                    cached = out.num_cached_tokens
+                logprobs = choice.logprobs or [{}] * len(choice.token_ids)
+                last_delta = out.finished
+                for j, token in enumerate(choice.token_ids):
+                    if not tokens:  # a step's first token: its glimpse
+                        first_at = time.perf_counter()
+                        entropy = logprobs_entropy(logprobs[j], glimpse.top_k) if logprobs[j] else None
+                        if entropy is not None and routes_large(entropy, glimpse.threshold):
+                            self._count(context, cached if first_call else context, 0)
+                            result = self._run_result(
+                                context, cached, first_call, [], "", "routed", entropy, start, first_at
+                            )
+                            cursor.advance(result)
+                            yield result
+                            return
+                    tokens.append(token)
+                    reason: FinishReason | None = None
+                    if token in self.eos_ids:
+                        reason = "eos"
+                    elif matcher(tokens):
+                        reason = "delimiter"
+                    elif len(tokens) >= cursor.max_tokens:
+                        reason = "length"
+                    elif last_delta and j == len(choice.token_ids) - 1:  # vLLM's own stop
+                        if choice.finish_reason == "stop":
+                            reason = "delimiter" if isinstance(choice.stop_reason, str) else "eos"
+                        else:
+                            reason = "length"
+                    if reason is None:
+                        continue
+                    full, ends = decode_with_ends(self.tokenizer, tokens)
+                    session.append(tokens, full, ends)
+                    step_text, reason = cut_step_text(
+                        self.tokenizer, full, tokens, reason, stops, self.think_end, step.close_thinking
+                    )
+                    self._count(context, cached if first_call else context, len(tokens))
+                    result = self._run_result(
+                        context, cached, first_call, tokens, step_text, reason, entropy, start, first_at
+                    )
+                    nxt = cursor.advance(result)
+                    yield result
+                    if nxt is None:
+                        return
+                    more = j < len(choice.token_ids) - 1 or not last_delta
+                    if step_text != full or not more:
+                        following.append(nxt)  # a new request sees what this one would not
+                        return
+                    context, first_call, tokens, start = context + len(tokens), False, [], time.perf_counter()
+            finished = True
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.llm.abort(request_id))
+            raise
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.llm.abort(request_id))
+            with contextlib.suppress(Exception):
+                await outputs.aclose()
+            self._leave()
+
+    def _count(self, context: int, cached: int, generated: int) -> None:
+        self.generated_tokens += generated
+        self.forwarded_tokens += context - cached + generated
+
+    def _run_result(
+        self,
+        context: int,
+        cached: int,
+        first_call: bool,
+        tokens: list[int],
+        text: str,
+        reason: FinishReason,
+        entropy: float | None,
+        start: float,
+        first_at: float,
+    ) -> StepResult:
+        """A step of a run: its first step reports the request's prefill; later ones continue in
+        the request's KV (nothing prefilled, the whole context reused)."""
+        now = time.perf_counter()
+        return StepResult(
+            token_ids=list(tokens),
+            text=text,
+            finish_reason=reason,
+            entropy=entropy,
+            routed=reason == "routed",
+            context_tokens=context,
+            reused_tokens=cached if first_call else context,
+            prefill_tokens=context - cached if first_call else 0,
+            generated_tokens=len(tokens),
+            prefill_s=first_at - start,
+            decode_s=now - first_at,
+            replica=self.replica,
+        )
+
     async def _generate(self, request: StepRequest, prompt: list[int], session: Any) -> StepResult:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -218,6 +392,7 @@ class VLLMEngine:
             )
         params.output_kind = RequestOutputKind.DELTA
         request_id = f"{request.session_id}-{uuid.uuid4().hex[:12]}"
+        self.requests += 1
         start = time.perf_counter()
         first_at: float | None = None
         generated: list[int] = []

@@ -82,3 +82,20 @@ def test_cluster_launcher_config_validates_against_rays_schema() -> None:
     for pool in (config.serving.small, config.serving.large):
         matching = [name for name, t in types.items() if pool.label_selector.items() <= t.get("labels", {}).items()]
         assert len(matching) == 1 and matching[0] != launcher["head_node_type"]
+
+
+def test_every_node_runs_serve_in_the_projects_mode() -> None:
+    """deployments/serve_env.py's variables on every container and ``ray start`` of both manifests."""
+    from deployments.serve_env import SERVE_ENV
+
+    spec = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            assert {e["name"]: e["value"] for e in container["env"]} == SERVE_ENV
+    launcher = load("cluster.yaml")
+    commands = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert all(f"{key}={value}" in command for key, value in SERVE_ENV.items())

@@ -85,13 +85,20 @@ def test_fused_and_paper_modes_give_the_same_greedy_output(engines: dict[str, An
     assert {s.model for s in fused.steps} == {"small", "large"}  # both routes taken
     assert [s.model for s in fused.steps] == [s.model for s in paper.steps]
     assert fused.reasoning == paper.reasoning and fused.answer == paper.answer
-    # Fused runs of easy steps (streaming glimpse, the default) against one call per step.
+    # Fused runs of easy steps (streaming glimpse, the default) against one call per step: the
+    # same output from fewer vLLM requests (a run's steps share one where the tokens allow).
+    before = small.requests
+    again = run(engines, Collaborator(small, large, PARAMS).run(list(MESSAGES), threshold=tau, mode="fused"))
+    streamed_requests, before = small.requests - before, small.requests
     per_step = run(
         engines,
         Collaborator(small, large, PARAMS).run(list(MESSAGES), threshold=tau, mode="fused", streaming_glimpse=False),
     )
     assert [(s.model, s.text, s.tokens) for s in fused.steps] == [(s.model, s.text, s.tokens) for s in per_step.steps]
+    assert [(s.model, s.text, s.tokens) for s in again.steps] == [(s.model, s.text, s.tokens) for s in fused.steps]
+    assert [s.entropy for s in fused.steps] == [pytest.approx(s.entropy, **ENTROPY_TOL) for s in per_step.steps]
     assert fused.answer == per_step.answer
+    assert streamed_requests < small.requests - before
 
 
 def test_a_routed_glimpse_generates_nothing(engines: dict[str, Any]) -> None:
@@ -147,6 +154,26 @@ def test_a_cancelled_call_is_aborted_and_the_engine_goes_on(engines: dict[str, A
     run(engines, cancel_one())
     assert small.queued == 0
     assert step(engines, "small", session_id="next", generate=GenerateSpec(3, (), GREEDY)).generated_tokens == 3
+
+
+def test_a_run_closed_midway_is_aborted_and_the_engine_goes_on(engines: dict[str, Any]) -> None:
+    from glimp_ray.params import PRESET_RULES
+    from glimp_ray.step_run import StepRun
+
+    small = engines["small"]
+    spec = StepRun(0, 0, 10_000, 12, " ", PRESET_RULES["glimp"], 0.0, 1.0, None, None)
+    request = StepRequest("run-gone", MESSAGES, glimpse=GlimpseSpec("topk", 20, threshold=1e9))  # all easy
+
+    async def take_two() -> list[StepResult]:
+        steps = small.run_steps(request, spec)
+        got = [await anext(steps), await anext(steps)]
+        await steps.aclose()
+        return got
+
+    got = run(engines, take_two())
+    assert len(got) == 2 and not any(r.routed for r in got)
+    assert small.queued == 0
+    assert step(engines, "small", session_id="after", generate=GenerateSpec(3, (), GREEDY)).generated_tokens == 3
 
 
 def test_a_prompt_too_long_is_the_same_error(engines: dict[str, Any]) -> None:
