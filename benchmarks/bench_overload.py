@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     light1, heavy, light2 = (float(s) for s in args.phase_s.split(","))
     phases = [("light", args.light, light1), ("heavy", args.heavy, heavy), ("light again", args.light, light2)]
     results = {}
-    serve_env.apply()  # Serve's throughput-optimized mode, as the project serves
+    serve_env.apply()  # Serve's throughput-optimized mode for the cluster, as the project serves
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

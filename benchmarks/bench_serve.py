@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         local_answers.append(result.answer)
     close_collaborator(collab)
 
-    serve_env.apply()  # Serve's throughput-optimized mode, as the project serves
+    serve_env.apply()  # Serve's throughput-optimized mode for the cluster, as the project serves
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -1,5 +1,7 @@
 """The demo pair's Serve app as the HTTP benchmarks deploy it (the benchmarks import it as a
-sibling module: run them as scripts, ``python benchmarks/bench_*.py``)."""
+sibling module: run them as scripts, ``python benchmarks/bench_*.py``). Each calls
+``deployments.serve_env.apply()`` before it starts its cluster: Serve's throughput-optimized
+mode, as the project serves."""
 
 from __future__ import annotations
 

@@ -10,8 +10,12 @@ proxy keeps the port and routes of ``http_options``. That mode also stops Serve 
 its logs are in the session's log folder (``/tmp/ray/session_latest/logs/serve``), and
 ``RAY_SERVE_LOG_TO_STDERR=1`` brings them back.
 
-The variables are read when each Ray process starts: set them before the cluster starts (``make
-serve`` and ``cluster/rayservice.yaml`` do; local clusters started here call :func:`apply`).
+The variables are read when a process imports ``ray.serve``: set them where the cluster's processes
+inherit them (``make serve``, both cluster manifests; local clusters started by the tests and the
+benchmarks call :func:`apply` first). A driver that calls handles synchronously
+(``handle.method.remote().result()``) must import ``ray.serve`` before :func:`apply`: in that mode a
+handle needs a running event loop. The pool clients choose the gRPC transport per call
+(``glimp_ray/pool_clients.py``), whatever the environment of the process that built the app.
 """
 
 from __future__ import annotations
@@ -23,6 +27,6 @@ SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_ING
 
 def apply() -> None:
     """Set :data:`SERVE_ENV` in this process's environment (values already set win), so the Ray
-    processes it starts inherit them."""
+    processes it starts inherit them (this process keeps what it read when it imported ray.serve)."""
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)

@@ -20,6 +20,11 @@ from glimp_ray.step_run import StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
+# Pool calls go over gRPC (Serve's throughput-optimized transport; ``deployments/serve_env.py``):
+# about half the overhead of an actor call, measured on the demo pair. Chosen here, per call, so it
+# does not hang on the environment of the process that built the app.
+_TRANSPORT: dict[str, Any] = {"_by_reference": False}
+
 _GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 
 
@@ -44,7 +49,7 @@ class ServeStepClient:
 
     async def step(self, request: StepRequest) -> StepResult:
         for attempt in range(self.retries + 1):
-            response = self.handle.options(session_id=request.session_id).step.remote(request)
+            response = self.handle.options(session_id=request.session_id, **_TRANSPORT).step.remote(request)
             try:
                 result = await asyncio.wait_for(_awaited(response), self.timeout_s)
             except asyncio.TimeoutError:
@@ -70,7 +75,8 @@ class ServeStepClient:
 
         Not retried: a failure ends the run with :class:`PoolUnavailableError`, and the loop makes
         the step a call of its own, which is."""
-        stream = self.handle.options(session_id=request.session_id, stream=True).run_steps.remote(request, run)
+        handle = self.handle.options(session_id=request.session_id, stream=True, **_TRANSPORT)
+        stream = handle.run_steps.remote(request, run)
         finished = False
         try:
             while True:
@@ -102,7 +108,7 @@ class ServeStepClient:
 
     async def _release(self, session_id: str) -> None:
         try:
-            response = self.handle.options(session_id=session_id).release.remote(session_id)
+            response = self.handle.options(session_id=session_id, **_TRANSPORT).release.remote(session_id)
             await asyncio.wait_for(_awaited(response), 10)
         except Exception as exc:  # the session then waits for LRU eviction on its replica
             logger.warning("releasing %s on the %s pool failed: %s", session_id, self.name, type(exc).__name__)

@@ -18,16 +18,18 @@ REQUEST = StepRequest("r1:large", prompt="hi", generate=GenerateSpec(4))
 
 
 class FakeHandle:
-    """Mimics ``handle.options(session_id=...).step.remote(request)``."""
+    """Mimics ``handle.options(session_id=..., _by_reference=False).step.remote(request)``."""
 
     def __init__(self, behaviour: list[str], engine: Any = None) -> None:
         self.behaviour = behaviour
         self.engine = engine or ScriptedEngine("x", [ScriptedStep("ok ")])
         self.sessions: list[str] = []
         self.cancelled = 0
+        self.transports: list[bool] = []
 
-    def options(self, session_id: str) -> FakeHandle:
+    def options(self, session_id: str, _by_reference: bool = True) -> FakeHandle:
         self.sessions.append(session_id)
+        self.transports.append(_by_reference)
         return self
 
     @property
@@ -58,6 +60,7 @@ class FakeHandle:
 def test_session_is_set_on_every_call_and_dead_replicas_are_retried() -> None:
     handle = FakeHandle(["die", "die", "ok"])
     result = asyncio.run(ServeStepClient(handle, "large", retries=2).step(REQUEST))
+    assert handle.transports == [False, False, False]  # every call over gRPC
     assert result.text == "ok "
     assert handle.sessions == ["r1:large"] * 3
 
