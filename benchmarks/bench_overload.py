@@ -24,7 +24,7 @@ from demo_app import DEMO_TAU, MODEL, demo_app_args
 from glimp_ray.demo.task import make_split, verify
 from glimp_ray.eval.metrics import percentile
 
-OVERLOAD = {"max_token_s": 0.02, "tau_max": 2.5, "raise_step": 0.2, "fall_step": 0.1, "window": 8}
+OVERLOAD = {"max_token_s": 0.02, "tau_max": 0.5, "raise_step": 0.1, "fall_step": 0.05, "window": 8}
 
 
 async def run_phases(base: str, phases: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-s", default="30,40,30", help="seconds of light, heavy, light")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "docs" / "overload.png")
     parser.add_argument("--port", type=int, default=8125)
+    parser.add_argument("--tau-max", type=float, default=OVERLOAD["tau_max"], help="the accuracy bound")
     args = parser.parse_args(argv)
 
     import ray
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for controlled in (True, False):
             routing: dict[str, Any] = {"policy": "entropy", "threshold": DEMO_TAU}
             if controlled:
-                routing["overload"] = OVERLOAD
+                routing["overload"] = {**OVERLOAD, "tau_max": args.tau_max}
             serve.run(build_app(demo_app_args(routing)), name="bench", route_prefix="/")
             base = f"http://127.0.0.1:{args.port}"
             asyncio.run(run_phases(base, [("warm-up", 2, 5.0)]))
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    print(f"demo pair, large pool fixed at 1 replica; overload control {OVERLOAD}")
+    print(f"demo pair, large pool fixed at 1 replica; overload control { ({**OVERLOAD, 'tau_max': args.tau_max}) }")
     print("| run | phase | requests | accuracy | p95 latency (s) | large steps | mean τ |")
     print("|---|---|---|---|---|---|---|")
     for controlled, name in ((False, "fixed τ 0.16"), (True, "overload control")):
