@@ -143,6 +143,11 @@ class ServingConfig(StrictModel):
     model_name: str = Field("glimp-router", min_length=1, description="The model id in /v1/models.")
     step_timeout_s: float = Field(300.0, gt=0, description="Seconds one pool call may take before a 503.")
     retries: int = Field(2, ge=0, description="Retries of a pool call whose replica died.")
+    pool_transport: Literal["grpc", "actor"] = Field(
+        "grpc",
+        description="How the router calls the pools: gRPC (Serve's throughput-optimized transport, about half an "
+        "actor call's overhead) or Ray actor calls (Serve's default). README: 'Serve settings'.",
+    )
     fallback_to_small: bool = Field(
         False, description="When the large pool is unavailable, the small pool writes the step."
     )

@@ -114,8 +114,9 @@ class GlimpRouter:
     def __init__(self, small: Any, large: Any, config: dict[str, Any]):
         self.config = AppConfig.model_validate(config)
         serving = self.config.serving
-        small_client = ServeStepClient(small, "small", serving.step_timeout_s, serving.retries)
-        large_client: Any = ServeStepClient(large, "large", serving.step_timeout_s, serving.retries)
+        transport = serving.pool_transport
+        small_client = ServeStepClient(small, "small", serving.step_timeout_s, serving.retries, transport)
+        large_client: Any = ServeStepClient(large, "large", serving.step_timeout_s, serving.retries, transport)
         if serving.fallback_to_small:
             large_client = FallbackStepClient(large_client, small_client)
         self.pools = {"small": small, "large": large}

@@ -20,11 +20,6 @@ from glimp_ray.step_run import StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
-# Pool calls go over gRPC (Serve's throughput-optimized transport; ``deployments/serve_env.py``):
-# about half the overhead of an actor call, measured on the demo pair. Chosen here, per call, so it
-# does not hang on the environment of the process that built the app.
-_TRANSPORT: dict[str, Any] = {"_by_reference": False}
-
 _GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 
 
@@ -40,8 +35,13 @@ class ServeStepClient:
     then maps the session to a live replica, which serves it from the transcript).
     """
 
-    def __init__(self, handle: Any, name: str, timeout_s: float = 300.0, retries: int = 2):
+    def __init__(self, handle: Any, name: str, timeout_s: float = 300.0, retries: int = 2, transport: str = "grpc"):
+        if transport not in ("grpc", "actor"):
+            raise ValueError(f"transport must be 'grpc' or 'actor', got {transport!r}")
         self.handle = handle
+        # gRPC (Serve's throughput-optimized transport, ``deployments/serve_env.py``) or actor calls;
+        # chosen per call, so it does not depend on the environment of the process that built the app.
+        self.transport: dict[str, Any] = {"_by_reference": transport != "grpc"}
         self.name = name
         self.timeout_s = timeout_s
         self.retries = retries
@@ -49,7 +49,7 @@ class ServeStepClient:
 
     async def step(self, request: StepRequest) -> StepResult:
         for attempt in range(self.retries + 1):
-            response = self.handle.options(session_id=request.session_id, **_TRANSPORT).step.remote(request)
+            response = self.handle.options(session_id=request.session_id, **self.transport).step.remote(request)
             try:
                 result = await asyncio.wait_for(_awaited(response), self.timeout_s)
             except asyncio.TimeoutError:
@@ -75,7 +75,7 @@ class ServeStepClient:
 
         Not retried: a failure ends the run with :class:`PoolUnavailableError`, and the loop makes
         the step a call of its own, which is."""
-        handle = self.handle.options(session_id=request.session_id, stream=True, **_TRANSPORT)
+        handle = self.handle.options(session_id=request.session_id, stream=True, **self.transport)
         stream = handle.run_steps.remote(request, run)
         finished = False
         try:
@@ -108,7 +108,7 @@ class ServeStepClient:
 
     async def _release(self, session_id: str) -> None:
         try:
-            response = self.handle.options(session_id=session_id, **_TRANSPORT).release.remote(session_id)
+            response = self.handle.options(session_id=session_id, **self.transport).release.remote(session_id)
             await asyncio.wait_for(_awaited(response), 10)
         except Exception as exc:  # the session then waits for LRU eviction on its replica
             logger.warning("releasing %s on the %s pool failed: %s", session_id, self.name, type(exc).__name__)

@@ -81,3 +81,11 @@ def test_fallback_to_the_small_pool_is_marked() -> None:
     result = asyncio.run(client.step(REQUEST))
     assert result.fell_back and result.text == "smal"  # max_tokens=4
     assert small_handle.sessions == ["r1:small"]  # the small pool's own session for the request
+
+
+def test_actor_calls_when_asked() -> None:
+    handle = FakeHandle(["ok"])
+    asyncio.run(ServeStepClient(handle, "large", transport="actor").step(REQUEST))
+    assert handle.transports == [True]
+    with pytest.raises(ValueError, match="transport"):
+        ServeStepClient(handle, "large", transport="http")
