@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
@@ -20,7 +21,15 @@ from glimp_ray.step_run import StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
-_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
+# A gRPC pool call that failed other than UNAVAILABLE (which Serve raises as ActorUnavailableError)
+# is handled like a replica gone: retried, then a 503.
+_GONE = (
+    RayActorError,
+    ReplicaUnavailableError,
+    DeploymentUnavailableError,
+    BackPressureError,
+    grpc.aio.AioRpcError,
+)
 
 
 class PoolUnavailableError(EngineError):

@@ -8,6 +8,7 @@ its own failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -69,11 +70,12 @@ class StepServer:
         self.calls += 1
         try:
             own = getattr(self.engine, "run_steps", None)  # runs inside the engine's step loop
-            steps = own(request, run) if own is not None else run_steps(self.engine, request, run)
-            async for result in steps:
-                self.step_model_s += result.model_s
-                self.step_tokens += result.generated_tokens
-                yield result
+            steps: Any = own(request, run) if own is not None else run_steps(self.engine, request, run)
+            async with contextlib.aclosing(steps):  # a caller that stops reading stops the run at once
+                async for result in steps:
+                    self.step_model_s += result.model_s
+                    self.step_tokens += result.generated_tokens
+                    yield result
         except InvalidRequestError as exc:
             self.logger.warning("step refused (%s): %s", request.session_id, exc)
             yield StepRejected.of(exc)

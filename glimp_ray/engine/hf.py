@@ -162,7 +162,8 @@ class HFEngine(StepLoopEngine):
 
     def accept(self, inbox: list[Sequence], releases: set[str]) -> None:
         # Releases apply to what was queued before them; requests arriving with them come after.
-        pending = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running]}
+        # (An aborted request that waits is dropped at admission, so it holds nothing back.)
+        pending = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running] if not s.aborted}
         for session_id in releases:
             if session_id in pending or not self.sessions.release(session_id) and session_id in self.sessions:
                 self._deferred_releases.add(session_id)  # in use: done when its request ends

@@ -280,6 +280,8 @@ class VLLMEngine:
                         first_at = time.perf_counter()
                         entropy = logprobs_entropy(logprobs[j], glimpse.top_k) if logprobs[j] else None
                         if entropy is not None and routes_large(entropy, glimpse.threshold):
+                            await self._abort(request_id)  # the glimpsed token is never kept
+                            finished = True
                             self._count(context, cached if first_call else context, 0)
                             result = self._run_result(
                                 context, cached, first_call, [], "", "routed", entropy, start, first_at
@@ -312,26 +314,30 @@ class VLLMEngine:
                         context, cached, first_call, tokens, step_text, reason, entropy, start, first_at
                     )
                     nxt = cursor.advance(result)
-                    yield result
-                    if nxt is None:
-                        return
                     more = j < len(choice.token_ids) - 1 or not last_delta
-                    if step_text != full or not more:
-                        following.append(nxt)  # a new request sees what this one would not
+                    if nxt is None or step_text != full or not more:
+                        # The request ends here (stopped before the step is handed on, so vLLM
+                        # writes nothing more); a new one goes on where it would see other tokens.
+                        await self._abort(request_id)
+                        finished = True
+                        if nxt is not None:
+                            following.append(nxt)
+                        yield result
                         return
+                    yield result
                     context, first_call, tokens, start = context + len(tokens), False, [], time.perf_counter()
             finished = True
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.llm.abort(request_id))
-            raise
         finally:
-            if not finished:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.llm.abort(request_id))
-            with contextlib.suppress(Exception):
+            self._leave()  # first: nothing below may keep the engine counted busy
+            if not finished:  # closed or cancelled midway
+                await self._abort(request_id)
+            with contextlib.suppress(BaseException):
                 await outputs.aclose()
-            self._leave()
+
+    async def _abort(self, request_id: str) -> None:
+        """Abort a vLLM request, whatever happens meanwhile (a cancel included)."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self.llm.abort(request_id))
 
     def _count(self, context: int, cached: int, generated: int) -> None:
         self.generated_tokens += generated

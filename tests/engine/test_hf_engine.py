@@ -157,6 +157,20 @@ def test_closing_a_run_midway_releases_everything(make_engine: Any) -> None:
     assert again and not any(r.routed for r in again)
 
 
+def test_a_release_is_not_held_back_by_an_abandoned_step(make_engine: Any) -> None:
+    """A run's next step queued when its caller went away holds nothing: the session's release
+    applies at once (the abandoned step is dropped at admission)."""
+    from glimp_ray.engine.sequence import Sequence
+
+    engine = make_engine("small")
+    step(engine, session_id="x", generate=greedy(2))
+    abandoned = Sequence(StepRequest("x", MESSAGES, generate=greedy(2)), lambda outcome: None)
+    abandoned.aborted = True
+    engine.accept([abandoned], set())
+    engine.accept([], {"x"})
+    assert "x" not in engine.sessions and not engine._deferred_releases
+
+
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     tau = median_threshold(make_engine)
     results = {}
