@@ -231,7 +231,19 @@ class HFEngine(StepLoopEngine):
             if seq in self.scheduler.running and not seq.to_feed:
                 self._guarded(seq, self._glimpse)
         self._flush_leaves()  # a request can end at its glimpse: its session is free at once
+        self._release_deferred()
         self.memory.evict()  # finished rows' caches are back in their (now idle) sessions
+
+    def _release_deferred(self) -> None:
+        """Deferred releases whose session no request holds any more: a request that waited
+        when its release came may since have been abandoned (dropped at admission), and ends
+        without a finish to apply it."""
+        if not self._deferred_releases:
+            return
+        held = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running] if not s.aborted}
+        for session_id in list(self._deferred_releases - held):
+            if self.sessions.release(session_id) or session_id not in self.sessions:
+                self._deferred_releases.discard(session_id)
 
     def _prefills_by_decode(self, seq: Sequence) -> bool:
         session = seq.live_session

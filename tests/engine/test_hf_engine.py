@@ -171,6 +171,22 @@ def test_a_release_is_not_held_back_by_an_abandoned_step(make_engine: Any) -> No
     assert "x" not in engine.sessions and not engine._deferred_releases
 
 
+def test_a_deferred_release_applies_once_its_waiting_step_is_abandoned(make_engine: Any) -> None:
+    """The release comes while the session's next step waits; then that step's caller goes away:
+    the step is dropped at admission and the release still applies."""
+    from glimp_ray.engine.sequence import Sequence
+
+    engine = make_engine("small")
+    step(engine, session_id="y", generate=greedy(2))
+    waiting = Sequence(StepRequest("y", MESSAGES, generate=greedy(2)), lambda outcome: None)
+    engine.accept([waiting], set())
+    engine.accept([], {"y"})  # the release comes while the step waits: deferred
+    assert "y" in engine._deferred_releases
+    waiting.aborted = True  # then its caller goes away
+    engine.run_once()  # the worker's next turn drops it
+    assert "y" not in engine.sessions and not engine._deferred_releases and not engine.scheduler.has_work
+
+
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     tau = median_threshold(make_engine)
     results = {}
