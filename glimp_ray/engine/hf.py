@@ -167,6 +167,11 @@ class HFEngine(StepLoopEngine):
         for session_id in releases:
             if session_id in pending or not self.sessions.release(session_id) and session_id in self.sessions:
                 self._deferred_releases.add(session_id)  # in use: done when its request ends
+        if releases:
+            # A run of that session ends with its current step: it would bring the session back.
+            for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+                if seq.run is not None and seq.request.session_id in releases:
+                    seq.run.released = True
         for seq in inbox:
             self.scheduler.add(seq)
 

@@ -42,13 +42,15 @@ def _close_live_engines() -> None:
 
 @dataclass(eq=False)
 class ChainedRun:
-    """A run of easy steps inside the step loop: its cursor, its step in flight and whether its
-    caller went away (guarded by the engine's lock)."""
+    """A run of easy steps inside the step loop: its cursor, its step in flight, whether its
+    caller went away (guarded by the engine's lock) and whether its session was released (a
+    release ends the run after its current step: the caller is done with the session)."""
 
     cursor: RunCursor
     done: DoneCallback
     current: Sequence | None = None
     closed: bool = False
+    released: bool = False  # its session was released meanwhile (on the worker thread)
 
 
 class StepLoopEngine:
@@ -160,8 +162,11 @@ class StepLoopEngine:
         """Answer a finished request (on the worker thread); a run that goes on queues its next step."""
         chained: ChainedRun | None = seq.run
         following = None
-        if chained is not None and isinstance(outcome, StepResult) and not chained.closed:
-            following = chained.cursor.advance(outcome)
+        if chained is not None and isinstance(outcome, StepResult):
+            if chained.released:
+                chained.cursor.ended = True  # its session was released: the run ends with this step
+            elif not chained.closed:
+                following = chained.cursor.advance(outcome)
         seq.on_done(outcome)
         if chained is None or following is None:
             return

@@ -187,6 +187,25 @@ def test_a_deferred_release_applies_once_its_waiting_step_is_abandoned(make_engi
     assert "y" not in engine.sessions and not engine._deferred_releases and not engine.scheduler.has_work
 
 
+def test_a_release_ends_a_run_after_its_current_step(make_engine: Any) -> None:
+    """A release that overtakes the run's cancellation (a client gone): the run stops after its
+    current step instead of bringing the released session back."""
+    engine = make_engine("small")
+    request = StepRequest("gone", MESSAGES, glimpse=GlimpseSpec(threshold=1e9))  # every step easy
+
+    async def released_midway() -> list[StepResult]:
+        got = []
+        async for result in engine.run_steps(request, _run_spec(budget=10_000)):
+            got.append(result)
+            if len(got) == 2:
+                await engine.release("gone")
+        return got
+
+    got = asyncio.run(released_midway())
+    assert 2 <= len(got) <= 4  # the run ended within a step or two of the release, on its own
+    assert "gone" not in engine.sessions and not engine._deferred_releases and engine.queued == 0
+
+
 def test_fused_and_paper_modes_identical_under_greedy(make_engine: Any) -> None:
     tau = median_threshold(make_engine)
     results = {}
