@@ -184,7 +184,9 @@ class VLLMEngine:
                 llm.shutdown()
             del llm  # collected now, not at interpreter exit when vLLM's own __del__ fails
 
-    async def step(self, request: StepRequest) -> StepResult:
+    def _prompt(self, request: StepRequest) -> tuple[Any, list[int]]:
+        """The request's session, synced to its text, and the prompt tokens to send (refused when
+        empty or when it fills the context)."""
         refuse_text_longer_than(request, self.max_text_chars, self.name, self.max_context)
         session = self.sessions.get(request.session_id)
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
@@ -197,6 +199,10 @@ class VLLMEngine:
             raise PromptTooLongError(
                 f"prompt and transcript are {len(prompt)} tokens; {self.name} has a context of {self.max_context}"
             )
+        return session, prompt
+
+    async def step(self, request: StepRequest) -> StepResult:
+        session, prompt = self._prompt(request)
         self._enter()
         try:
             return await self._generate(request, prompt, session)
@@ -230,18 +236,7 @@ class VLLMEngine:
 
         glimpse, gen = step.glimpse, step.generate
         assert glimpse is not None and gen is not None and glimpse.threshold is not None
-        refuse_text_longer_than(step, self.max_text_chars, self.name, self.max_context)
-        session = self.sessions.get(step.session_id)
-        text, templated = render_prompt(self.tokenizer, step, self.think_start, self.think_end)
-        sync_session(self.tokenizer, session, text, templated)
-        prompt = list(session.tokens)
-        if not prompt:
-            raise InvalidRequestError("empty prompt")
-        if len(prompt) >= self.max_context:
-            self.sessions.release(step.session_id)
-            raise PromptTooLongError(
-                f"prompt and transcript are {len(prompt)} tokens; {self.name} has a context of {self.max_context}"
-            )
+        session, prompt = self._prompt(step)
         run = cursor.run
         think_stops = () if step.close_thinking else (self.think_end,)
         stops = tuple(s for s in (run.delimiter, *think_stops) if s)
@@ -282,10 +277,8 @@ class VLLMEngine:
                         if entropy is not None and routes_large(entropy, glimpse.threshold):
                             await self._abort(request_id)  # the glimpsed token is never kept
                             finished = True
-                            self._count(context, cached if first_call else context, 0)
-                            result = self._run_result(
-                                context, cached, first_call, [], "", "routed", entropy, start, first_at
-                            )
+                            self._count(context, cached, 0)
+                            result = self._result(context, cached, [], "", "routed", entropy, start, first_at)
                             cursor.advance(result)
                             yield result
                             return
@@ -309,10 +302,8 @@ class VLLMEngine:
                     step_text, reason = cut_step_text(
                         self.tokenizer, full, tokens, reason, stops, self.think_end, step.close_thinking
                     )
-                    self._count(context, cached if first_call else context, len(tokens))
-                    result = self._run_result(
-                        context, cached, first_call, tokens, step_text, reason, entropy, start, first_at
-                    )
+                    self._count(context, cached, len(tokens))
+                    result = self._result(context, cached, tokens, step_text, reason, entropy, start, first_at)
                     nxt = cursor.advance(result)
                     more = j < len(choice.token_ids) - 1 or not last_delta
                     if nxt is None or step_text != full or not more:
@@ -325,7 +316,9 @@ class VLLMEngine:
                         yield result
                         return
                     yield result
+                    # The next step continues in this request's KV: its whole context is reused.
                     context, first_call, tokens, start = context + len(tokens), False, [], time.perf_counter()
+                    cached = context
             finished = True
         finally:
             self._leave()  # first: nothing below may keep the engine counted busy
@@ -342,36 +335,6 @@ class VLLMEngine:
     def _count(self, context: int, cached: int, generated: int) -> None:
         self.generated_tokens += generated
         self.forwarded_tokens += context - cached + generated
-
-    def _run_result(
-        self,
-        context: int,
-        cached: int,
-        first_call: bool,
-        tokens: list[int],
-        text: str,
-        reason: FinishReason,
-        entropy: float | None,
-        start: float,
-        first_at: float,
-    ) -> StepResult:
-        """A step of a run: its first step reports the request's prefill; later ones continue in
-        the request's KV (nothing prefilled, the whole context reused)."""
-        now = time.perf_counter()
-        return StepResult(
-            token_ids=list(tokens),
-            text=text,
-            finish_reason=reason,
-            entropy=entropy,
-            routed=reason == "routed",
-            context_tokens=context,
-            reused_tokens=cached if first_call else context,
-            prefill_tokens=context - cached if first_call else 0,
-            generated_tokens=len(tokens),
-            prefill_s=first_at - start,
-            decode_s=now - first_at,
-            replica=self.replica,
-        )
 
     async def _generate(self, request: StepRequest, prompt: list[int], session: Any) -> StepResult:
         from vllm import SamplingParams
@@ -422,7 +385,7 @@ class VLLMEngine:
                             and routes_large(entropy, glimpse.threshold)
                         ):
                             await self.llm.abort(request_id)  # the glimpsed token is never kept
-                            return self._result(prompt, cached, [], "", "routed", entropy, start, first_at)
+                            return self._result(len(prompt), cached, [], "", "routed", entropy, start, first_at)
                 generated.extend(choice.token_ids)
                 if out.finished:
                     finish, stop_reason = choice.finish_reason, choice.stop_reason
@@ -436,7 +399,7 @@ class VLLMEngine:
         self.generated_tokens += len(generated)
         self.forwarded_tokens += len(prompt) - cached + max(len(generated) - 1, 0)
         if gen is None:
-            return self._result(prompt, cached, [], "", "glimpse", entropy, start, first_at)
+            return self._result(len(prompt), cached, [], "", "glimpse", entropy, start, first_at)
         reason: FinishReason
         if generated and generated[-1] in self.eos_ids:
             reason = "eos"
@@ -453,11 +416,11 @@ class VLLMEngine:
             text, reason = cut_step_text(
                 self.tokenizer, full, generated, reason, stops, self.think_end, request.close_thinking
             )
-        return self._result(prompt, cached, generated, text, reason, entropy, start, first_at)
+        return self._result(len(prompt), cached, generated, text, reason, entropy, start, first_at)
 
     def _result(
         self,
-        prompt: list[int],
+        context: int,
         cached: int,
         generated: list[int],
         text: str,
@@ -466,6 +429,8 @@ class VLLMEngine:
         start: float,
         first_at: float | None,
     ) -> StepResult:
+        """A step's result: ``context`` tokens sent, ``cached`` of them found in vLLM's prefix cache
+        (a run's later steps continue in its request's KV: all of them)."""
         now = time.perf_counter()
         first = first_at if first_at is not None else now
         return StepResult(
@@ -474,9 +439,9 @@ class VLLMEngine:
             finish_reason=reason,
             entropy=entropy,
             routed=reason == "routed",
-            context_tokens=len(prompt),
+            context_tokens=context,
             reused_tokens=cached,
-            prefill_tokens=len(prompt) - cached,
+            prefill_tokens=context - cached,
             generated_tokens=len(generated),
             prefill_s=first - start,  # includes vLLM's queueing: it reports no split here
             decode_s=now - first,
