@@ -3,7 +3,10 @@
 Starts a local Ray cluster and the app (demo models by default), then reports
 (1) mean end-to-end latency of the same prompts through HTTP and through the core's
 in-process loop (same models, same greedy settings), and their ratio;
-(2) requests/s and completion tokens/s with 1, 4 and 16 concurrent clients.
+(2) for both loops through HTTP (streaming glimpse, the default; one pool call per step), pool
+calls per request (the replicas' own counters) and end-to-end latency over the time spent in
+the models (from each response's trace), the loops taking the prompts in turn;
+(3) requests/s and completion tokens/s with 1, 4 and 16 concurrent clients (streaming glimpse).
 
     python benchmarks/bench_serve.py [--requests 24] [--concurrency 1,4,16] [--tiny]
 """
@@ -19,8 +22,12 @@ import time
 from typing import Any
 
 import httpx
+from bench_streaming import model_s, pool_calls, wait_ready
 
 from glimp_ray.demo.task import make_split
+
+# name: (app, streaming_glimpse)
+LOOPS = {"streaming glimpse": ("bench", True), "one call per step": ("perstep", False)}
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -29,6 +36,7 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
 
 def app_args(tiny: bool) -> dict[str, Any]:
     args: dict[str, Any] = {
+        "routing": {},
         "sampling": {"temperature": 0.0},
         "serving": {
             "model_name": "glimp-bench",
@@ -48,7 +56,7 @@ def app_args(tiny: bool) -> dict[str, Any]:
             "thinking_budget": 96,
             "answer_max_tokens": 16,
         }
-        args["routing"] = {"threshold": 3.2}
+        args["routing"]["threshold"] = 3.2
     return args
 
 
@@ -62,6 +70,24 @@ async def http_latencies(base: str, messages: list[list[dict[str, str]]]) -> tup
             latencies.append(time.perf_counter() - start)
             answers.append(r.json()["choices"][0]["message"]["content"])
     return latencies, answers
+
+
+async def loop_costs(urls: dict[str, str], messages: list[list[dict[str, str]]]) -> dict[str, tuple[float, float]]:
+    """Each prompt to every loop in turn (the order rotating); per loop, the sum of end-to-end
+    latencies and the sum of model seconds from the responses' traces."""
+    sums = {name: [0.0, 0.0] for name in urls}
+    names = list(urls)
+    async with httpx.AsyncClient(timeout=300) as client:
+        for i, m in enumerate(messages):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                body = {"model": "glimp-bench", "messages": m, "glimp": {"return_trace": True}}
+                start = time.perf_counter()
+                r = await client.post(f"{urls[name]}/v1/chat/completions", json=body)
+                r.raise_for_status()
+                sums[name][0] += time.perf_counter() - start
+                trace = r.json()["glimp"]
+                sums[name][1] += sum(model_s(s) for s in trace["steps"]) + model_s(trace["answer"])
+    return {name: (e2e, model) for name, (e2e, model) in sums.items()}
 
 
 async def throughput(base: str, messages: list[list[dict[str, str]]], concurrency: int) -> tuple[float, float]:
@@ -114,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build_app(config_args), name="bench", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
+        urls = {}
+        for name, (app, streaming) in LOOPS.items():
+            loop_args = {**config_args, "routing": {**config_args["routing"], "streaming_glimpse": streaming}}
+            serve.run(build_app(loop_args), name=app, route_prefix=f"/{app}")
+            urls[name] = f"{base}/{app}"
+        for url in urls.values():
+            wait_ready(url)
+        base = urls["streaming glimpse"]
         asyncio.run(http_latencies(base, messages[:2]))  # warm-up
         remote, remote_answers = asyncio.run(http_latencies(base, messages))
         print(f"models: {'tiny random pair' if args.tiny else 'demo pair'}; {len(messages)} prompts, greedy")
@@ -133,7 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             f"    HTTP / in-process (mean) = {statistics.mean(remote) / statistics.mean(local):.3f}; "
             f"same answers: {same}/{len(messages)}"
         )
-        print("\n[2] throughput through HTTP")
+        print("\n[2] the two loops through HTTP, sequential requests")
+        asyncio.run(loop_costs(urls, messages[:2]))  # warm-up
+        before = {name: pool_calls(app) for name, (app, _) in LOOPS.items()}
+        costs = asyncio.run(loop_costs(urls, messages))
+        for name, (app, _) in LOOPS.items():
+            calls = (pool_calls(app) - before[name]) / len(messages)
+            e2e, model = costs[name]
+            print(
+                f"    {name:<18} {calls:5.1f} pool calls / request, end-to-end / model time {e2e / model:.2f} "
+                f"(mean {e2e / len(messages) * 1000:.1f} ms)"
+            )
+        print("\n[3] throughput through HTTP (streaming glimpse)")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             rps, tps = asyncio.run(throughput(base, messages, concurrency))
             print(f"    {concurrency:3d} concurrent clients: {rps:6.2f} requests/s, {tps:8.1f} completion tokens/s")
