@@ -43,7 +43,7 @@ serve: setup
 
 # One request in-process, printed with its per-step table.
 demo: setup
-	$(BIN)/glimp-ray generate --config configs/demo-local.yaml "Start with 12, then multiply by 7, then add 5. Work modulo 100. What is the result?"
+	$(BIN)/glimp-ray generate --config configs/demo-local.yaml "Start with 12, then multiply by 7, then add 5, then subtract 9. Work modulo 100. What is the result?"
 
 eval: setup
 	$(BIN)/glimp-ray eval --config configs/demo-local.yaml --dataset demo --out eval-out
