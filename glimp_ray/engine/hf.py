@@ -162,8 +162,7 @@ class HFEngine(StepLoopEngine):
 
     def accept(self, inbox: list[Sequence], releases: set[str]) -> None:
         # Releases apply to what was queued before them; requests arriving with them come after.
-        # (An aborted request that waits is dropped at admission, so it holds nothing back.)
-        pending = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running] if not s.aborted}
+        pending = self._held_sessions()
         for session_id in releases:
             if session_id in pending or not self.sessions.release(session_id) and session_id in self.sessions:
                 self._deferred_releases.add(session_id)  # in use: done when its request ends
@@ -245,10 +244,14 @@ class HFEngine(StepLoopEngine):
         without a finish to apply it."""
         if not self._deferred_releases:
             return
-        held = {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running] if not s.aborted}
-        for session_id in list(self._deferred_releases - held):
+        for session_id in list(self._deferred_releases - self._held_sessions()):
             if self.sessions.release(session_id) or session_id not in self.sessions:
                 self._deferred_releases.discard(session_id)
+
+    def _held_sessions(self) -> set[str]:
+        """Sessions a queued or running request still holds (an aborted request that waits is
+        dropped at admission, so it holds nothing back)."""
+        return {s.request.session_id for s in [*self.scheduler.waiting, *self.scheduler.running] if not s.aborted}
 
     def _prefills_by_decode(self, seq: Sequence) -> bool:
         session = seq.live_session
