@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -58,6 +59,23 @@ def test_each_request_stays_on_one_replica_per_pool_and_reuses_its_cache(serve_a
     assert len(replicas_seen["small"]) == 2
 
 
+def kill_and_wait(actor: Any, timeout_s: float = 60.0) -> None:
+    """Kills an actor and returns once its process is gone. Ray marks the actor dead first and
+    ends the process after; in between, a gRPC call (Serve's transport) can still be served."""
+    pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):  # exited, not yet reaped
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the actor's process {pid} was still running {timeout_s:g} s after ray.kill")
+
+
 class KillAfterFirstStep:
     """Passes calls to a pool; after its first answered step, kills the replica that served it."""
 
@@ -74,7 +92,7 @@ class KillAfterFirstStep:
             unique_id = result.replica.split("#")[-1]
             for actor in ray.util.list_named_actors(all_namespaces=True):
                 if actor["name"].endswith(unique_id):
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+                    kill_and_wait(ray.get_actor(actor["name"], namespace=actor["namespace"]))
         return result
 
     async def release(self, session_id: str) -> None:
