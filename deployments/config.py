@@ -135,6 +135,9 @@ class RequestLimits(StrictModel):
     max_answer_tokens: int = Field(
         16_384, ge=1, description="Largest max_tokens / max_completion_tokens a request may set."
     )
+    max_choices: int = Field(
+        64, ge=1, description="Most choices one request may ask for (prompts x n), each a collaboration of its own."
+    )
 
 
 class ServingConfig(StrictModel):

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import TypeVar
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.config import RequestLimits
 from deployments.errors import APIError, validation_message
 from deployments.protocol import ChatCompletionRequest, CompletionRequest
 
-RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 async def read_request(raw: Request, model: type[RequestT], limits: RequestLimits) -> RequestT:

@@ -14,12 +14,20 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from glimp_ray.policies import RandomP
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_STRINGS = 16  # OpenAI allows 4, vLLM any number; eval harnesses send 5 or more
 MAX_TOP_K = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 
 
@@ -90,7 +98,7 @@ class _Request(_Wire):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1, description="Caps the answer's tokens.")
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, description="Completions per prompt, run side by side (request_limits.max_choices).")
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer (not the thinking).")
@@ -123,8 +131,6 @@ class _Request(_Wire):
 
     def unsupported(self) -> tuple[str, str] | None:
         """The first field set to something this server cannot honour: ``(field, why)``."""
-        if self.n != 1:
-            return "n", "only n=1 is supported"
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
                 return name, f"{name} is not supported (leave it unset or 0)"
@@ -186,21 +192,38 @@ class ChatCompletionRequest(_Request):
         return sum(len(m.text()) for m in self.messages)
 
 
+Prompt = str | list[int]  # text, or token ids of the served (large) model's tokenizer
+
+
 class CompletionRequest(_Request):
-    prompt: str | list[str] = Field(description="One prompt (a list of one string is taken too).")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A prompt or a list of prompts (each one text or token ids); every prompt gets n choices."
+    )
     best_of: int | None = Field(None, ge=1)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError(f"one prompt per request is supported, got {len(prompt)}")
-        text = prompt if isinstance(prompt, str) else prompt[0]
-        if not text:
-            raise ValueError("the prompt must be non-empty")
+    def _prompts(cls, prompt: Any) -> Any:
+        """One message for any wrong shape (a union's errors name each member)."""
+
+        def token_ids(value: Any) -> bool:
+            return isinstance(value, list) and all(type(t) is int for t in value)
+
+        shapes = "a string, a list of strings, a list of token ids or a list of token-id lists"
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("the prompt list must be non-empty")
+        one_prompt = isinstance(prompt, str) or token_ids(prompt)
+        many = isinstance(prompt, list) and (all(isinstance(p, str) for p in prompt) or all(map(token_ids, prompt)))
+        if not (one_prompt or many):
+            raise ValueError(f"the prompt must be {shapes}")
+        for one in _prompt_list(prompt):
+            if not one:
+                raise ValueError("every prompt must be non-empty")
+            if isinstance(one, list) and min(one) < 0:
+                raise ValueError("token ids must be non-negative")
         return prompt
 
     def unsupported(self) -> tuple[str, str] | None:
@@ -208,17 +231,55 @@ class CompletionRequest(_Request):
             return "logprobs", "logprobs are not supported"
         if self.echo:
             return "echo", "echo is not supported"
-        if self.best_of not in (None, 1):
-            return "best_of", "only best_of=1 is supported"
+        if self.best_of not in (None, 1, self.n):
+            return "best_of", "best_of must equal n (no server-side ranking of choices)"
         if self.suffix:
             return "suffix", "suffix is not supported"
         return super().unsupported()
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[Prompt]:
+        """The prompts, each text or token ids."""
+        return _prompt_list(self.prompt)
 
     def text_chars(self) -> int:
-        return len(self.prompt_text())
+        """The longest prompt's length (characters, or token ids, which decode to at least one each)."""
+        return max(len(p) for p in self.prompts())
+
+
+def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[Prompt]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]
+    return list(prompt)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(_Wire):
+    """vLLM's ``/tokenize``: a prompt, or chat messages rendered by the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool | None = Field(None, description="Default: true for a prompt, false for messages.")
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+    def text_chars(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.text()) for m in self.messages or ())
+
+
+class DetokenizeRequest(_Wire):
+    model: str | None = None
+    tokens: list[int] = Field(min_length=1)
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -259,6 +320,8 @@ class ChatChoice(_Response):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
+    # --- extensions -------------------------------------------------------------
+    glimp: dict[str, Any] | None = Field(None, description="This choice's trace, when the response has several.")
 
 
 class ChatCompletionResponse(_Response):
@@ -301,6 +364,8 @@ class CompletionChoice(_Response):
     text: str
     reasoning_content: str | None = None
     finish_reason: Literal["stop", "length"] | None = None
+    # --- extensions -------------------------------------------------------------
+    glimp: dict[str, Any] | None = Field(None, description="This choice's trace, when the response has several.")
 
 
 class CompletionResponse(_Response):

@@ -7,10 +7,12 @@ through a DeploymentHandle pinned to the request's session.
 # No `from __future__ import annotations` here: FastAPI must see the real request types
 # through Serve's class-based ingress.
 
+import asyncio
+import contextvars
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Literal
 
 import anyio
@@ -23,6 +25,7 @@ from deployments.errors import APIError, api_error, install_error_handlers
 from deployments.limits import check_request, read_request
 from deployments.metrics import RouterMetrics
 from deployments.protocol import (
+    INT64_MIN,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -33,13 +36,16 @@ from deployments.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    DetokenizeRequest,
     ModelCard,
     ModelList,
+    TokenizeRequest,
     UsageInfo,
     error_body,
     new_id,
     now,
 )
+from deployments.tokenizer import ServedTokenizer
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.config import RoutingConfig
 from glimp_ray.meters import DemandMeter
@@ -89,6 +95,33 @@ def _trace_headers(raw: Request) -> dict[str, str]:
     return headers
 
 
+def _usage(results: list[CollabResult], n: int) -> UsageInfo:
+    """Each prompt's tokens once (not once per choice), every choice's completion tokens."""
+    prompt_tokens = sum(r.prompt_tokens for r in results[::n])
+    return UsageInfo.of(prompt_tokens, sum(r.completion_tokens for r in results))
+
+
+def _detached(call: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A task for one choice of a request with several. It runs in a context of its own: pool calls
+    over gRPC made side by side from the request's context do not return (seen on Ray 2.60). The
+    caller cancels it when the request goes away, which Serve would have done."""
+    return asyncio.get_running_loop().create_task(call, context=contextvars.Context())
+
+
+async def _side_by_side(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Awaits the calls concurrently; the first failure cancels the rest and is raised. One call
+    is awaited in place."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    tasks = [_detached(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, allow_nan=False)}\n\n"
 
@@ -122,6 +155,7 @@ class GlimpRouter:
         self.pools = {"small": small, "large": large}
         self.collab = Collaborator(small_client, large_client, self.config.collab_params())
         self.model_name = serving.model_name
+        self.tokenizer = ServedTokenizer(self.config.large)
         provider = make_tracer_provider(serving.tracing.exporter, serving.tracing.path, "glimp-ray-router")
         self.tracer = provider.get_tracer("glimp_ray.router")
         self.metrics = RouterMetrics()
@@ -179,20 +213,96 @@ class GlimpRouter:
             )
         return ModelCard(id=self.model_name).model_dump()
 
+    @app.post("/tokenize")
+    async def tokenize(self, raw: Request) -> dict[str, Any]:
+        """vLLM's ``/tokenize`` in the served (large) model's vocabulary."""
+        limits = self.config.serving.request_limits
+        body = await read_request(raw, TokenizeRequest, limits)
+        self._check_model(body.model)
+        if body.text_chars() > limits.max_prompt_chars:
+            message = (
+                f"the prompt is {body.text_chars()} characters; this server allows at most {limits.max_prompt_chars}"
+            )
+            raise APIError(400, message, "invalid_request_error", "prompt", "context_length_exceeded")
+        try:
+            if body.prompt is not None:
+                special = True if body.add_special_tokens is None else body.add_special_tokens
+                tokens = await self.tokenizer.tokenize(body.prompt, special)
+            else:
+                messages = [{"role": m.role, "content": m.text()} for m in body.messages or ()]
+                tokens = await self.tokenizer.tokenize_chat(
+                    messages, body.add_generation_prompt, body.continue_final_message
+                )
+        except ValueError as exc:
+            raise APIError(400, str(exc), "invalid_request_error") from None
+        return {
+            "count": len(tokens),
+            "max_model_len": await self.tokenizer.max_model_len(),
+            "tokens": tokens,
+            "token_strs": await self.tokenizer.token_strs(tokens) if body.return_token_strs else None,
+        }
+
+    @app.post("/detokenize")
+    async def detokenize(self, raw: Request) -> dict[str, Any]:
+        body = await read_request(raw, DetokenizeRequest, self.config.serving.request_limits)
+        self._check_model(body.model)
+        try:
+            return {"prompt": await self.tokenizer.detokenize(body.tokens)}
+        except ValueError as exc:
+            raise APIError(400, str(exc), "invalid_request_error", "tokens") from None
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(self) -> dict[str, Any]:
+        return await self.tokenizer.info()
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            message = f"model {model!r} does not exist; this server has {self.model_name!r}"
+            raise APIError(404, message, "invalid_request_error", "model", "model_not_found")
+
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> Any:
         body = await read_request(raw, ChatCompletionRequest, self.config.serving.request_limits)
-        return await self._respond(body, {"messages": body.chat_messages()}, raw, chat=True)
+        check_request(body, self.model_name, self.config.serving.request_limits)
+        return await self._respond(body, [{"messages": body.chat_messages()}], raw, chat=True)
 
     @app.post("/v1/completions")
     async def completions(self, raw: Request) -> Any:
         body = await read_request(raw, CompletionRequest, self.config.serving.request_limits)
-        return await self._respond(body, {"prompt": body.prompt_text()}, raw, chat=False)
+        check_request(body, self.model_name, self.config.serving.request_limits)
+        prompts = [await self._prompt_text(p) for p in body.prompts()]
+        return await self._respond(body, [{"prompt": p} for p in prompts], raw, chat=False)
+
+    async def _prompt_text(self, prompt: str | list[int]) -> str:
+        """A prompt as text: token ids are decoded with the served model's tokenizer."""
+        if isinstance(prompt, str):
+            return prompt
+        try:
+            text = await self.tokenizer.detokenize(prompt)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "invalid_request_error", "prompt") from None
+        limit = self.config.serving.request_limits.max_prompt_chars
+        if len(text) > limit:
+            raise APIError(
+                400,
+                f"the prompt is {len(text)} characters; this server allows at most {limit}",
+                "invalid_request_error",
+                "prompt",
+                "context_length_exceeded",
+            )
+        return text
 
     async def _respond(
-        self, body: ChatCompletionRequest | CompletionRequest, inputs: dict[str, Any], raw: Request, chat: bool
+        self, body: ChatCompletionRequest | CompletionRequest, inputs: list[dict[str, Any]], raw: Request, chat: bool
     ) -> Any:
-        check_request(body, self.model_name, self.config.serving.request_limits)
+        """Runs ``n`` collaborations per prompt side by side; choice ``i * n + k`` is prompt ``i``'s
+        ``k``-th, seeded with ``seed + k`` (so a prompt in a batch gets what it gets alone)."""
+        count = len(inputs) * body.n
+        most = self.config.serving.request_limits.max_choices
+        if count > most:
+            param = "n" if len(inputs) == 1 else "prompt"
+            message = f"{count} choices asked for (prompts x n); this server allows at most {most}"
+            raise APIError(400, message, "invalid_request_error", param)
         overrides = body.overrides()
         try:
             params = self.collab.params.replace(**overrides)
@@ -202,28 +312,46 @@ class GlimpRouter:
         if refused:
             raise APIError(400, refused, "invalid_request_error", "glimp.entropy")
         request_id = new_id("chatcmpl" if chat else "cmpl")
-        stream = self.collab.stream(request_id=request_id, **inputs, **overrides)
-        events = self._observed(stream, request_id, params, raw)
+        headers = _trace_headers(raw)
+        runs = []
+        for index in range(count):
+            choice = dict(overrides)
+            if index % body.n and overrides["seed"] is not None:  # a prompt's k-th choice: seed + k
+                choice["seed"] = (overrides["seed"] + index % body.n - INT64_MIN) % 2**64 + INT64_MIN
+            run_id = request_id if count == 1 else f"{request_id}-{index}"
+            stream = self.collab.stream(request_id=run_id, **inputs[index // body.n], **choice)
+            runs.append(self._observed(stream, run_id, params, headers))
         param = "messages" if chat else "prompt"
-        if body.stream:
-            first = await self._guard(events.__anext__(), param)
-            return _ClosingStreamingResponse(
-                self._stream(body, request_id, first, events, chat), media_type="text/event-stream"
-            )
+        handed_over = False
+        try:
+            if body.stream:
+                firsts = await _side_by_side([self._guard(run.__anext__(), param) for run in runs])
+                handed_over = True
+                return _ClosingStreamingResponse(
+                    self._stream(body, request_id, firsts, runs, chat), media_type="text/event-stream"
+                )
+            results = await _side_by_side([self._result(run, param) for run in runs])
+            return self._complete(body, request_id, results, chat)
+        finally:
+            if not handed_over:
+                for run in runs:
+                    await run.aclose()
+
+    async def _result(self, events: AsyncGenerator[Any, None], param: str) -> CollabResult:
         result: CollabResult | None = None
         async for event in self._guarded(events, param):
             if isinstance(event, CollabResult):
                 result = event
         assert result is not None
-        return self._complete(body, request_id, result, chat)
+        return result
 
     async def _observed(
-        self, events: AsyncGenerator[Any, None], request_id: str, params: Any, raw: Request
+        self, events: AsyncGenerator[Any, None], request_id: str, params: Any, headers: dict[str, str]
     ) -> AsyncGenerator[Any, None]:
-        """Spans and metrics for each event; the caller's traceparent joins its trace."""
+        """Spans and metrics for each event; the caller's traceparent (``headers``) joins its trace."""
         self.demand.arrived(time.monotonic())
         try:
-            with request_span(self.tracer, request_id, params, _trace_headers(raw)) as span:
+            with request_span(self.tracer, request_id, params, headers) as span:
                 async for event in events:
                     span.observe(event)
                     self._measure(event)
@@ -264,72 +392,135 @@ class GlimpRouter:
                 return
             yield event
 
-    def _complete(self, body: Any, request_id: str, result: CollabResult, chat: bool) -> dict[str, Any]:
-        trace = _trace(result) if body.glimp.return_trace else None
-        usage = UsageInfo.of(result.prompt_tokens, result.completion_tokens)
-        finish = _finish_reason(result)
+    def _complete(self, body: Any, request_id: str, results: list[CollabResult], chat: bool) -> dict[str, Any]:
+        usage = _usage(results, body.n)
+        # One choice: its trace is the response's ``glimp``; several: each choice carries its own.
+        traces = [_trace(r) if body.glimp.return_trace else None for r in results]
+        per_choice = len(results) > 1
         response: ChatCompletionResponse | CompletionResponse
         if chat:
-            message = AssistantMessage(content=result.answer, reasoning_content=result.reasoning)
-            choice = ChatChoice(message=message, finish_reason=finish)
+            choices = [
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=r.answer, reasoning_content=r.reasoning),
+                    finish_reason=_finish_reason(r),
+                    glimp=traces[i] if per_choice else None,
+                )
+                for i, r in enumerate(results)
+            ]
             response = ChatCompletionResponse(
-                id=request_id, model=self.model_name, choices=[choice], usage=usage, glimp=trace
+                id=request_id,
+                model=self.model_name,
+                choices=choices,
+                usage=usage,
+                glimp=None if per_choice else traces[0],
             )
         else:
-            text = CompletionChoice(text=result.answer, reasoning_content=result.reasoning, finish_reason=finish)
+            texts = [
+                CompletionChoice(
+                    index=i,
+                    text=r.answer,
+                    reasoning_content=r.reasoning,
+                    finish_reason=_finish_reason(r),
+                    glimp=traces[i] if per_choice else None,
+                )
+                for i, r in enumerate(results)
+            ]
             response = CompletionResponse(
-                id=request_id, model=self.model_name, choices=[text], usage=usage, glimp=trace
+                id=request_id,
+                model=self.model_name,
+                choices=texts,
+                usage=usage,
+                glimp=None if per_choice else traces[0],
             )
         return response.model_dump()
 
     async def _stream(
-        self, body: Any, request_id: str, first: Any, events: AsyncGenerator[Any, None], chat: bool
+        self, body: Any, request_id: str, firsts: list[Any], runs: list[AsyncGenerator[Any, None]], chat: bool
     ) -> AsyncIterator[str]:
+        """The choices' events as SSE chunks, each choice's in order, the choices interleaved as
+        their steps complete; then the usage (with ``stream_options.include_usage``) and ``[DONE]``."""
         created = now()
 
         def chunk(
-            delta: DeltaMessage | None, finish: Any = None, usage: UsageInfo | None = None, **extensions: Any
+            index: int,
+            delta: DeltaMessage | None,
+            finish: Any = None,
+            usage: UsageInfo | None = None,
+            **extensions: Any,
         ) -> str:
             """One SSE event: a chat chunk, or a completion chunk (its text is the delta's content)."""
             envelope: dict[str, Any] = {"id": request_id, "created": created, "model": self.model_name}
             data: ChatCompletionChunk | CompletionResponse
             if chat:
-                choices = [ChatChunkChoice(delta=delta, finish_reason=finish)] if delta is not None else []
+                choices = [ChatChunkChoice(index=index, delta=delta, finish_reason=finish)] if delta is not None else []
                 data = ChatCompletionChunk(**envelope, choices=choices, usage=usage, **extensions)
             else:
                 texts = []
                 if delta is not None:
                     part = CompletionChoice(
-                        text=delta.content or "", reasoning_content=delta.reasoning_content, finish_reason=finish
+                        index=index,
+                        text=delta.content or "",
+                        reasoning_content=delta.reasoning_content,
+                        finish_reason=finish,
                     )
                     texts.append(part)
                 data = CompletionResponse(**envelope, choices=texts, usage=usage, **extensions)
             return _sse(data.model_dump())
 
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        async def pump(index: int, event: Any, run: AsyncGenerator[Any, None]) -> None:
+            try:
+                while True:
+                    await queue.put((index, event))
+                    if isinstance(event, CollabResult):
+                        return
+                    event = await self._guard(run.__anext__())
+            except Exception as exc:
+                await queue.put((index, exc))
+
+        pumps: list[asyncio.Task[None]] = []
+
+        async def next_event() -> tuple[int, Any]:
+            """The next event of any choice: one choice's in place, several through their pumps."""
+            if len(runs) == 1:
+                return 0, firsts.pop() if firsts else await self._guard(runs[0].__anext__())
+            if not pumps:
+                pumps.extend(_detached(pump(i, firsts[i], run)) for i, run in enumerate(runs))
+            index, event = await queue.get()
+            if isinstance(event, Exception):
+                raise event
+            return index, event
+
         try:
             if chat:
-                yield chunk(DeltaMessage(role="assistant", content=""))
-            event = first
-            while True:
+                for index in range(len(runs)):
+                    yield chunk(index, DeltaMessage(role="assistant", content=""))
+            results: dict[int, CollabResult] = {}
+            while len(results) < len(runs):
+                index, event = await next_event()
                 if isinstance(event, StepRecord):
                     # With return_trace, each step's record travels with its text (live trace).
                     live = event.to_dict() if body.glimp.return_trace else None
-                    yield chunk(DeltaMessage(reasoning_content=event.text), glimp_step=live)
+                    yield chunk(index, DeltaMessage(reasoning_content=event.text), glimp_step=live)
                 else:
-                    result: CollabResult = event
-                    yield chunk(DeltaMessage(content=result.answer))
-                    trace = _trace(result) if body.glimp.return_trace else None
-                    yield chunk(DeltaMessage(), _finish_reason(result), glimp=trace)
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield chunk(None, usage=UsageInfo.of(result.prompt_tokens, result.completion_tokens))
-                    break
-                event = await self._guard(events.__anext__())
+                    results[index] = event
+                    yield chunk(index, DeltaMessage(content=event.answer))
+                    trace = _trace(event) if body.glimp.return_trace else None
+                    yield chunk(index, DeltaMessage(), _finish_reason(event), glimp=trace)
+            if body.stream_options and body.stream_options.include_usage:
+                yield chunk(0, None, usage=_usage([results[i] for i in range(len(runs))], body.n))
         except APIError as exc:
             yield _sse(exc.body)
         except Exception as exc:  # the stream has started: report in-band, never hang
             yield _sse(error_body(f"internal error: {type(exc).__name__}: {exc}", "internal_error"))
         finally:
-            await events.aclose()  # releases the sessions (also on client disconnect)
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for run in runs:
+                await run.aclose()  # releases the sessions (also on client disconnect)
         yield "data: [DONE]\n\n"
 
     async def pool_stats(self, pool: str) -> dict[str, Any]:

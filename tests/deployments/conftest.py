@@ -30,6 +30,7 @@ REQUEST_LIMITS = {
     "max_thinking_budget": 5000,
     "max_step_tokens": 64,
     "max_answer_tokens": 512,
+    "max_choices": 8,
 }
 
 

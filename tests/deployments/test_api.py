@@ -130,7 +130,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": MODEL, "messages": QUESTION, "temperature": 3}, 400, "temperature"),
         ({"model": MODEL, "messages": QUESTION, "top_p": 0}, 400, "top_p"),
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 0}, 400, "max_tokens"),
-        ({"model": MODEL, "messages": QUESTION, "n": 2}, 400, "n"),
+        ({"model": MODEL, "messages": QUESTION, "n": 9}, 400, "n"),  # over max_choices
         ({"model": MODEL, "messages": QUESTION, "seed": 2**70}, 400, "seed"),
         ({"model": "gpt-9", "messages": QUESTION}, 404, "model"),
         ({"model": MODEL, "messages": QUESTION, "glimp": {"policy": "clever"}}, 400, "glimp.policy"),

@@ -76,7 +76,7 @@ def test_stop_ends_the_answer_and_is_left_out(serve_app: str) -> None:
 
 @pytest.mark.parametrize(
     ("stop", "why"),
-    [(5, "valid string"), (["a", "b", "c", "d", "e"], "at most 4"), ([""], "non-empty"), ([1], "valid string")],
+    [(5, "valid string"), ([f"s{i}" for i in range(17)], "at most 16"), ([""], "non-empty"), ([1], "valid string")],
 )
 def test_bad_stop_values_are_refused(serve_app: str, stop: Any, why: str) -> None:
     response = chat(serve_app, stop=stop)
@@ -179,7 +179,8 @@ def test_a_seed_makes_sampling_reproducible(serve_app: str) -> None:
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": -1}, "frequency_penalty"),
         ({"logit_bias": {"42": 10}}, "logit_bias"),
-        ({"n": 3}, "n"),
+        ({"n": REQUEST_LIMITS["max_choices"] + 1}, "n"),
+        ({"n": 0}, "n"),
     ],
 )
 def test_fields_that_cannot_be_honoured_are_refused_by_name(serve_app: str, fields: dict[str, Any], param: str) -> None:
@@ -212,13 +213,17 @@ def test_null_and_list_content_and_other_roles(serve_app: str) -> None:
     assert answer_of(post(serve_app, {"model": MODEL, "messages": messages})) is not None
 
 
-def test_completions_take_a_list_of_one_prompt_and_refuse_the_rest(serve_app: str) -> None:
-    one = post(serve_app, {"model": MODEL, "prompt": ["Question: 6 x 7 = ?\n"]}, path="/v1/completions")
-    plain = post(serve_app, {"model": MODEL, "prompt": "Question: 6 x 7 = ?\n"}, path="/v1/completions")
-    assert one.status_code == 200 and one.json()["choices"][0]["text"] == plain.json()["choices"][0]["text"]
+def test_completions_refuse_what_they_cannot_honour_by_name(serve_app: str) -> None:
     for fields, param in (
-        ({"prompt": ["a", "b"]}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [[1], "a"]}, "prompt"),
+        ({"prompt": [1.5]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": [10**9]}, "prompt"),  # outside the vocabulary
+        ({"prompt": ["a"] * (REQUEST_LIMITS["max_choices"] + 1)}, "prompt"),
+        ({"prompt": ["a", "b"], "n": REQUEST_LIMITS["max_choices"] // 2 + 1}, "prompt"),
         ({"prompt": "hi", "logprobs": 1}, "logprobs"),
         ({"prompt": "hi", "echo": True}, "echo"),
         ({"prompt": "hi", "best_of": 2}, "best_of"),

@@ -17,22 +17,27 @@ APP = "glimp"
 REPLICAS = 2  # per pool, in the session app
 
 
-def session_counts() -> dict[str, int]:
-    """Cached sessions on every replica of both pools, keyed ``pool/replica``. The router reaches
-    a replica through the session-affine pool handle, so random session ids are sent until
-    every replica answered."""
+def replica_stats() -> dict[str, dict[str, int]]:
+    """Counters of every replica of both pools, keyed ``pool/replica``. The router reaches a
+    replica through the session-affine pool handle, so random session ids are sent until every
+    replica answered."""
     handle = serve.get_app_handle(APP)
-    counts: dict[str, int] = {}
+    stats: dict[str, dict[str, int]] = {}
     for pool in ("small", "large"):
-        seen: dict[str, int] = {}
+        seen: dict[str, dict[str, int]] = {}
         for _ in range(200):
-            stats = handle.pool_stats.remote(pool).result()
-            seen[stats["replica"]] = stats["sessions"]
+            counters = handle.pool_stats.remote(pool).result()
+            seen[counters["replica"]] = counters
             if len(seen) == REPLICAS:
                 break
         assert len(seen) == REPLICAS, f"reached {len(seen)} of the {pool} pool's replicas"
-        counts.update({f"{pool}/{replica}": n for replica, n in seen.items()})
-    return counts
+        stats.update({f"{pool}/{replica}": counters for replica, counters in seen.items()})
+    return stats
+
+
+def session_counts() -> dict[str, int]:
+    """Cached sessions on every replica of both pools, keyed ``pool/replica``."""
+    return {key: counters["sessions"] for key, counters in replica_stats().items()}
 
 
 async def hang_up(client: httpx.AsyncClient, base: str, i: int) -> str:
