@@ -10,15 +10,23 @@ never loads it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 
 from glimp_ray.config import ModelConfig
 
+T = TypeVar("T")
+
 # tokenizer_config.json entries /tokenizer_info passes on (vLLM passes the whole file; these are
 # the ones clients read).
 _INFO_FIELDS = ("bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token")
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    """Tokenizer work on a worker thread: a long text must not stall the router's other requests."""
+    return await anyio.to_thread.run_sync(work)
 
 
 class ServedTokenizer:
@@ -55,7 +63,7 @@ class ServedTokenizer:
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         tokenizer = await self.get()
-        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return await _off_loop(lambda: list(tokenizer.encode(text, add_special_tokens=add_special_tokens)))
 
     async def tokenize_chat(
         self, messages: list[dict[str, str]], add_generation_prompt: bool, continue_final_message: bool
@@ -64,26 +72,34 @@ class ServedTokenizer:
         tokenizer = await self.get()
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the served model has no chat template; tokenize a prompt instead")
-        text = tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
+
+        def render() -> list[int]:
+            text = tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+            )
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        return await _off_loop(render)
 
     async def token_strs(self, ids: list[int]) -> list[str]:
         tokenizer = await self.get()
-        return list(tokenizer.convert_ids_to_tokens(ids))
+        return await _off_loop(lambda: list(tokenizer.convert_ids_to_tokens(ids)))
 
     async def detokenize(self, ids: list[int]) -> str:
         """The text of ``ids`` (special tokens kept); raises ValueError for an id outside the vocabulary."""
         tokenizer = await self.get()
-        size = len(tokenizer)
-        bad = next((t for t in ids if not 0 <= t < size), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is outside the vocabulary (0 to {size - 1})")
-        return str(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+        def decode() -> str:
+            size = len(tokenizer)
+            bad = next((t for t in ids if not 0 <= t < size), None)
+            if bad is not None:
+                raise ValueError(f"token id {bad} is outside the vocabulary (0 to {size - 1})")
+            return str(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+        return await _off_loop(decode)
 
     async def info(self) -> dict[str, Any]:
         """vLLM's ``/tokenizer_info``: the tokenizer's class, special tokens, chat template and length."""
