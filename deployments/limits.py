@@ -38,16 +38,33 @@ async def read_request(raw: Request, model: type[RequestT], limits: RequestLimit
         raise APIError(400, message, "invalid_request_error", param) from None
 
 
-def check_request(body: ChatCompletionRequest | CompletionRequest, model_name: str, limits: RequestLimits) -> None:
-    """The model name, the fields this server can honour, and the caps on tokens and prompt size."""
-    if body.model != model_name:
+def check_model(model: str | None, model_name: str) -> None:
+    """A 404 for a model other than the served one (``None``: the field was left out)."""
+    if model is not None and model != model_name:
         raise APIError(
             404,
-            f"model {body.model!r} does not exist; this server has {model_name!r}",
+            f"model {model!r} does not exist; this server has {model_name!r}",
             "invalid_request_error",
             "model",
             "model_not_found",
         )
+
+
+def check_prompt_chars(chars: int, limits: RequestLimits, param: str) -> None:
+    """A 400 ``context_length_exceeded`` for a prompt over ``max_prompt_chars``."""
+    if chars > limits.max_prompt_chars:
+        raise APIError(
+            400,
+            f"the prompt is {chars} characters; this server allows at most {limits.max_prompt_chars}",
+            "invalid_request_error",
+            param,
+            "context_length_exceeded",
+        )
+
+
+def check_request(body: ChatCompletionRequest | CompletionRequest, model_name: str, limits: RequestLimits) -> None:
+    """The model name, the fields this server can honour, and the caps on tokens and prompt size."""
+    check_model(body.model, model_name)
     unsupported = body.unsupported()
     if unsupported is not None:
         raise APIError(400, unsupported[1], "invalid_request_error", unsupported[0], "unsupported_parameter")
@@ -59,12 +76,4 @@ def check_request(body: ChatCompletionRequest | CompletionRequest, model_name: s
     ):
         if value is not None and value > cap:
             raise APIError(400, f"{param} is {value}; this server allows at most {cap}", "invalid_request_error", param)
-    chars = body.text_chars()
-    if chars > limits.max_prompt_chars:
-        raise APIError(
-            400,
-            f"the prompt is {chars} characters; this server allows at most {limits.max_prompt_chars}",
-            "invalid_request_error",
-            "messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            "context_length_exceeded",
-        )
+    check_prompt_chars(body.text_chars(), limits, "messages" if isinstance(body, ChatCompletionRequest) else "prompt")

@@ -186,7 +186,7 @@ class ChatCompletionRequest(_Request):
         return super().unsupported()
 
     def chat_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return chat_messages(self.messages)
 
     def text_chars(self) -> int:
         return sum(len(m.text()) for m in self.messages)
@@ -403,6 +403,11 @@ class ErrorInfo(_Response):
 
 class ErrorResponse(_Response):
     error: ErrorInfo
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template takes them: role and text."""
+    return [{"role": m.role, "content": m.text()} for m in messages]
 
 
 def new_id(prefix: str) -> str:

@@ -22,7 +22,7 @@ from ray import serve
 
 from deployments.config import AppConfig
 from deployments.errors import APIError, api_error, install_error_handlers
-from deployments.limits import check_request, read_request
+from deployments.limits import check_model, check_prompt_chars, check_request, read_request
 from deployments.metrics import RouterMetrics
 from deployments.protocol import (
     INT64_MIN,
@@ -41,6 +41,7 @@ from deployments.protocol import (
     ModelList,
     TokenizeRequest,
     UsageInfo,
+    chat_messages,
     error_body,
     new_id,
     now,
@@ -218,20 +219,15 @@ class GlimpRouter:
         """vLLM's ``/tokenize`` in the served (large) model's vocabulary."""
         limits = self.config.serving.request_limits
         body = await read_request(raw, TokenizeRequest, limits)
-        self._check_model(body.model)
-        if body.text_chars() > limits.max_prompt_chars:
-            message = (
-                f"the prompt is {body.text_chars()} characters; this server allows at most {limits.max_prompt_chars}"
-            )
-            raise APIError(400, message, "invalid_request_error", "prompt", "context_length_exceeded")
+        check_model(body.model, self.model_name)
+        check_prompt_chars(body.text_chars(), limits, "prompt" if body.prompt is not None else "messages")
         try:
             if body.prompt is not None:
                 special = True if body.add_special_tokens is None else body.add_special_tokens
                 tokens = await self.tokenizer.tokenize(body.prompt, special)
             else:
-                messages = [{"role": m.role, "content": m.text()} for m in body.messages or ()]
                 tokens = await self.tokenizer.tokenize_chat(
-                    messages, body.add_generation_prompt, body.continue_final_message
+                    chat_messages(body.messages or []), body.add_generation_prompt, body.continue_final_message
                 )
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error") from None
@@ -245,7 +241,7 @@ class GlimpRouter:
     @app.post("/detokenize")
     async def detokenize(self, raw: Request) -> dict[str, Any]:
         body = await read_request(raw, DetokenizeRequest, self.config.serving.request_limits)
-        self._check_model(body.model)
+        check_model(body.model, self.model_name)
         try:
             return {"prompt": await self.tokenizer.detokenize(body.tokens)}
         except ValueError as exc:
@@ -254,11 +250,6 @@ class GlimpRouter:
     @app.get("/tokenizer_info")
     async def tokenizer_info(self) -> dict[str, Any]:
         return await self.tokenizer.info()
-
-    def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            message = f"model {model!r} does not exist; this server has {self.model_name!r}"
-            raise APIError(404, message, "invalid_request_error", "model", "model_not_found")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> Any:
@@ -281,15 +272,7 @@ class GlimpRouter:
             text = await self.tokenizer.detokenize(prompt)
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error", "prompt") from None
-        limit = self.config.serving.request_limits.max_prompt_chars
-        if len(text) > limit:
-            raise APIError(
-                400,
-                f"the prompt is {len(text)} characters; this server allows at most {limit}",
-                "invalid_request_error",
-                "prompt",
-                "context_length_exceeded",
-            )
+        check_prompt_chars(len(text), self.config.serving.request_limits, "prompt")
         return text
 
     async def _respond(
