@@ -19,7 +19,9 @@ class ModelServer(StepServer):
     def __init__(self, model: dict[str, Any], metrics_window_s: float = 30.0):
         context = serve.get_replica_context()
         replica = f"{context.deployment}#{context.replica_id.unique_id}"
-        super().__init__(model, metrics_window_s, replica, logging.getLogger("ray.serve"))
+        # A fraction of a GPU (num_gpus < 1) bounds an HF engine's default KV budget.
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+        super().__init__(model, metrics_window_s, replica, logging.getLogger("ray.serve"), gpu_share=gpus)
 
     async def stats(self) -> dict[str, Any]:
         """Replica id, cache counters and node, for tests and debugging."""

@@ -156,7 +156,7 @@ class GlimpRouter:
         self.pools = {"small": small, "large": large}
         self.collab = Collaborator(small_client, large_client, self.config.collab_params())
         self.model_name = serving.model_name
-        self.tokenizer = ServedTokenizer(self.config.large)
+        self.tokenizer = ServedTokenizer(self.config.large.served())
         provider = make_tracer_provider(serving.tracing.exporter, serving.tracing.path, "glimp-ray-router")
         self.tracer = provider.get_tracer("glimp_ray.router")
         self.metrics = RouterMetrics()
@@ -291,9 +291,10 @@ class GlimpRouter:
             params = self.collab.params.replace(**overrides)
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_request_error") from None
-        refused = RoutingConfig.entropy_refused(params.entropy, self.config.small.engine)
+        refused = RoutingConfig.entropy_refused(params.entropy, self.config.small.engine, params.top_k)
         if refused:
-            raise APIError(400, refused, "invalid_request_error", "glimp.entropy")
+            field = "glimp.top_k" if refused.startswith("top_k") else "glimp.entropy"
+            raise APIError(400, refused, "invalid_request_error", field)
         request_id = new_id("chatcmpl" if chat else "cmpl")
         headers = _trace_headers(raw)
         runs = []

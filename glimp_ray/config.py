@@ -6,6 +6,7 @@ Every model forbids unknown fields and describes its fields; a bad file raises
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ _VLLM_ONLY = (
     "block_size",
 )
 _HF_ONLY = ("device", "max_running", "max_batch_tokens", "batching", "kv_cache_gib")
+VLLM_MAX_LOGPROBS = 20  # vLLM's default max_logprobs: a request asking for more fails
 
 
 class ModelConfig(StrictModel):
@@ -48,7 +50,9 @@ class ModelConfig(StrictModel):
     )
     tokenizer: str | None = Field(None, description="Tokenizer directory or id; defaults to `model`.")
     name: str | None = Field(None, description="Name in traces and APIs; defaults to the directory name.")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    device: str = Field(
+        "auto", description="hf: torch device: auto (cuda when the process sees a GPU, else cpu), cpu, cuda:1, ..."
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype; auto is bfloat16 on CUDA and float32 on CPU."
     )
@@ -70,6 +74,11 @@ class ModelConfig(StrictModel):
         "waits, idle sessions are evicted); default: 80% of the CUDA device's free memory after loading, else 4 GiB.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+    stand_in: str | None = Field(
+        None,
+        description="Dry runs: load this model (demo:NAME or a directory) on the HF engine on the CPU in place of "
+        "`model`, keeping the pool's resources and placement as configured (docs/cluster.md: 'Dry run').",
+    )
     # --- vLLM engine only ------------------------------------------------------------
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vLLM: share of GPU memory (on CPU: of node memory) for weights and KV."
@@ -92,7 +101,7 @@ class ModelConfig(StrictModel):
         "CPUs; short contexts need a small one to be reused).",
     )
 
-    @field_validator("model", "tokenizer")
+    @field_validator("model", "tokenizer", "stand_in")
     @classmethod
     def _shipped_demo_model(cls, value: str | None) -> str | None:
         """``demo:large`` names ``glimp_ray/demo/models/large`` wherever the process runs."""
@@ -104,9 +113,19 @@ class ModelConfig(StrictModel):
             raise ValueError(f"no demo model {value!r}; shipped: {shipped}")
         return str(path)
 
+    def served(self) -> ModelConfig:
+        """The model this process actually loads: itself, or its stand-in on the HF engine on the CPU
+        (same name, so traces and metrics read as the configured model's)."""
+        if self.stand_in is None:
+            return self
+        keep = {"think_start", "think_end", "max_sessions", "max_cached_tokens", "max_running"}
+        fields = {k: v for k, v in self.model_dump(include=keep).items()}
+        name = self.name or os.path.basename(os.path.normpath(self.model))
+        return ModelConfig(model=self.stand_in, engine="hf", device="cpu", name=name, **fields)
+
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the chosen engine's ``load`` (HFEngine's or VLLMEngine's)."""
-        exclude = {"name", "engine", *(_HF_ONLY if self.engine == "vllm" else _VLLM_ONLY)}
+        exclude = {"name", "engine", "stand_in", *(_HF_ONLY if self.engine == "vllm" else _VLLM_ONLY)}
         kwargs = self.model_dump(exclude=exclude)
         if self.engine == "vllm":
             kwargs["max_num_seqs"] = self.max_num_seqs or self.max_running
@@ -114,15 +133,20 @@ class ModelConfig(StrictModel):
             kwargs["name"] = self.name
         return kwargs
 
-    def load_engine(self) -> Any:
-        """Load this model on its engine (a :class:`~glimp_ray.engine.base.StepClient`)."""
+    def load_engine(self, gpu_share: float | None = None) -> Any:
+        """Load this model (or its stand-in) on its engine (a :class:`~glimp_ray.engine.base.StepClient`).
+
+        ``gpu_share``: the share of one GPU this process was given (Ray's ``num_gpus``); an HF
+        engine's default KV budget takes that share of the device, not all of it."""
+        if self.stand_in is not None:
+            return self.served().load_engine()
         if self.engine == "vllm":
             from glimp_ray.engine.vllm import VLLMEngine
 
             return VLLMEngine.load(**self.engine_kwargs())
         from glimp_ray.engine.hf import HFEngine
 
-        return HFEngine.load(**self.engine_kwargs())
+        return HFEngine.load(**self.engine_kwargs(), gpu_share=gpu_share)
 
 
 class OverloadConfig(StrictModel):
@@ -212,13 +236,15 @@ class RoutingConfig(StrictModel):
         return self
 
     @staticmethod
-    def entropy_refused(entropy: str, small_engine: str) -> str | None:
-        """Why the small model's engine cannot glimpse ``entropy`` (``None``: it can)."""
+    def entropy_refused(entropy: str, small_engine: str, top_k: int | None = None) -> str | None:
+        """Why the small model's engine cannot glimpse ``entropy`` over ``top_k`` (``None``: it can)."""
         if entropy == "full" and small_engine == "vllm":
             return (
                 "the small model runs on vLLM, which gives top-k logprobs only: set entropy topk "
                 "(τ on the top-k scale, at most ln(top_k))"
             )
+        if small_engine == "vllm" and top_k is not None and top_k > VLLM_MAX_LOGPROBS:
+            return f"top_k {top_k} is above vLLM's max_logprobs ({VLLM_MAX_LOGPROBS}); use top_k <= {VLLM_MAX_LOGPROBS}"
         return None
 
 
@@ -263,6 +289,11 @@ class GlimpConfig(StrictModel):
             raise ValueError(
                 "the small model runs on vLLM, which gives top-k logprobs only: set routing.entropy: topk "
                 "(τ on the top-k scale, at most ln(top_k))"
+            )
+        if self.small.engine == "vllm" and self.routing.top_k > VLLM_MAX_LOGPROBS:
+            raise ValueError(
+                f"routing.top_k {self.routing.top_k} is above vLLM's max_logprobs ({VLLM_MAX_LOGPROBS}): every "
+                f"glimpse of the small model would fail; use top_k <= {VLLM_MAX_LOGPROBS}"
             )
         return self
 

@@ -30,6 +30,7 @@ class StepServer:
         metrics_window_s: float = 30.0,
         replica: str | None = None,
         logger: logging.Logger | None = None,
+        gpu_share: float | None = None,
     ):
         config = ModelConfig.model_validate(model)
         self.logger = logger or logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class StepServer:
         self.calls = 0  # calls served: single steps and runs of steps
         self.step_model_s = 0.0  # finished steps' seconds in the model, summed (request-seconds)
         self.step_tokens = 0  # and their generated tokens
-        self.engine = config.load_engine()
+        self.engine = config.load_engine(gpu_share)
         if replica:
             self.engine.replica = replica
 

@@ -112,3 +112,45 @@ def test_online_tau_settings_are_checked_and_stay_out_of_the_loop() -> None:
     ]:
         with pytest.raises(ConfigError, match=field):
             parse_config({"routing": bad})
+
+
+def test_hf_runs_on_the_gpu_it_is_given() -> None:
+    from glimp_ray.engine.model_files import resolve_device
+
+    assert ModelConfig(model="m").device == "auto"
+    assert ModelConfig(model="m").engine_kwargs()["device"] == "auto"
+    import torch
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_top_k_above_vllm_max_logprobs_is_refused_for_a_vllm_small_model() -> None:
+    from glimp_ray.config import RoutingConfig
+
+    small = {"model": "m", "engine": "vllm"}
+    with pytest.raises(ConfigError, match="routing.top_k 21 is above vLLM's max_logprobs"):
+        parse_config({"small": small, "routing": {"entropy": "topk", "top_k": 21}})
+    assert parse_config({"small": small, "routing": {"entropy": "topk", "top_k": 20}}).routing.top_k == 20
+    assert parse_config({"routing": {"entropy": "topk", "top_k": 50}}).routing.top_k == 50  # HF: any k
+    assert "max_logprobs" in (RoutingConfig.entropy_refused("topk", "vllm", 21) or "")
+    assert RoutingConfig.entropy_refused("topk", "vllm", 20) is None
+    assert RoutingConfig.entropy_refused("topk", "hf", 64) is None
+
+
+def test_a_stand_in_is_loaded_on_the_hf_engine_in_place_of_the_model() -> None:
+    configured = ModelConfig(
+        model="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+        engine="vllm",
+        tensor_parallel_size=2,
+        max_num_seqs=16,
+        stand_in="demo:large",
+    )
+    served = configured.served()
+    assert served.engine == "hf" and served.device == "cpu" and served.stand_in is None
+    assert served.model == str(DEMO_MODELS / "large")
+    assert served.name == "DeepSeek-R1-Distill-Qwen-32B"  # traces read as the configured model's
+    assert "stand_in" not in configured.engine_kwargs()
+    assert ModelConfig(model="m").served() == ModelConfig(model="m")
+    with pytest.raises(ValidationError, match="no demo model 'demo:nope'"):
+        ModelConfig(model="m", stand_in="demo:nope")

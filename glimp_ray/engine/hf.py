@@ -44,9 +44,9 @@ class HFEngine(StepLoopEngine):
 
     Implements :class:`~glimp_ray.engine.base.StepClient`. ``kv_cache_bytes`` is the KV
     budget: the sessions' caches and the decode batch's buffers together (default: a share of the
-    CUDA device's free memory once the weights are loaded, else 4 GiB; see
-    :mod:`~glimp_ray.engine.kv_memory`). Admission waits until what running requests can come to
-    hold fits it; idle sessions are evicted (LRU) to make room. ``max_sessions`` and
+    CUDA device's free memory once the weights are loaded, at most ``gpu_share`` of the device
+    when a replica holds a fraction of it, else 4 GiB; see :mod:`~glimp_ray.engine.kv_memory`).
+    Admission waits until what running requests can come to hold fits it; idle sessions are evicted (LRU) to make room. ``max_sessions`` and
     ``max_cached_tokens`` bound the sessions by count and tokens too; ``max_running`` bounds how
     many requests decode at once (the batch size), and ``max_batch_tokens`` the decode batch's
     KV positions, padding included (running requests x the longest; admission waits above it).
@@ -70,6 +70,7 @@ class HFEngine(StepLoopEngine):
         max_context: int | None = None,
         batching: bool = True,
         kv_cache_bytes: int | None = None,
+        gpu_share: float | None = None,
     ):
         super().__init__()
         self.model = model.eval()
@@ -79,7 +80,10 @@ class HFEngine(StepLoopEngine):
         self.think_start = think_start
         self.think_end = think_end
         device = next(model.parameters()).device
-        self.budget = KVBudget(kv_budget_bytes(device, kv_cache_bytes), kv_bytes_per_token(model.config, model.dtype))
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.budget = KVBudget(
+            kv_budget_bytes(device, kv_cache_bytes, gpu_share, weights), kv_bytes_per_token(model.config, model.dtype)
+        )
         self.max_context = self._context_within_budget(max_context, model_max_context(model, tokenizer))
         # No token covers more characters than its vocabulary entry has: a text longer than
         # max_context x this cannot fit, and is refused before it is rendered or tokenized.
@@ -101,7 +105,7 @@ class HFEngine(StepLoopEngine):
         model: str,
         *,
         tokenizer: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "auto",
         trust_remote_code: bool = False,
         kv_cache_gib: float | None = None,

@@ -40,13 +40,22 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return int(config.num_hidden_layers * kv_heads * head_dim * 2 * dtype.itemsize)
 
 
-def kv_budget_bytes(device: torch.device, configured: int | None = None) -> int:
-    """The configured size, else a share of the CUDA device's free memory, else 4 GiB."""
+def kv_budget_bytes(
+    device: torch.device, configured: int | None = None, gpu_share: float | None = None, weight_bytes: int = 0
+) -> int:
+    """The configured size, else a share of the CUDA device's free memory, else 4 GiB.
+
+    ``gpu_share`` < 1 (a replica given a fraction of a GPU, others beside it): at most that share
+    of the device's memory, less this engine's own weights, so engines sharing a GPU do not each
+    claim most of it."""
     if configured is not None:
         return configured
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_FREE_SHARE)
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free * CUDA_FREE_SHARE
+        if gpu_share is not None and 0 < gpu_share < 1:
+            budget = min(budget, gpu_share * total * CUDA_FREE_SHARE - weight_bytes)
+        return max(int(budget), 0)
     return int(DEFAULT_GIB * GIB)
 
 

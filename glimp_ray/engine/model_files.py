@@ -12,6 +12,14 @@ from glimp_ray.engine.base import EngineError
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when this process sees a GPU (Ray gives a replica with ``num_gpus`` its
+    own), else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto`` is bfloat16 on CUDA and float32 elsewhere."""
     if dtype == "auto":
@@ -25,6 +33,7 @@ def load_model(model: str, tokenizer: str | None, device: str, dtype: str, trust
     """The model (on ``device``, in eval mode) and its tokenizer, from a local directory or hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
     if (os.path.isabs(model) or model.startswith(".")) and not os.path.isdir(model):
         raise EngineError(f"cannot load model {model!r}: no such directory")
     try:

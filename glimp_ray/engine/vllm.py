@@ -141,6 +141,9 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             trust_remote_code=trust_remote_code,
             enable_prefix_caching=True,
+            # Sharded, the replica itself holds no GPU: vLLM's workers run in its placement group's
+            # bundles (Ray Serve LLM sets the same; vLLM's own choice would look for local GPUs).
+            **({"distributed_executor_backend": "ray"} if tensor_parallel_size > 1 else {}),
             **({"block_size": block_size} if block_size is not None else {}),
         )
         with _environment(VLLM_CPU_OMP_THREADS_BIND=cpu_threads_bind):
@@ -250,6 +253,7 @@ class VLLMEngine:
             stop=list(think_stops) or None,
             include_stop_str_in_output=True,
             logprobs=glimpse.top_k,
+            flat_logprobs=True,  # a few flat lists per request, not 21 objects per token
             skip_special_tokens=False,
             spaces_between_special_tokens=False,
         )
@@ -343,7 +347,7 @@ class VLLMEngine:
         glimpse, gen = request.glimpse, request.generate
         k = glimpse.top_k if glimpse is not None else None
         if gen is None:
-            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False, flat_logprobs=True)
             stops: tuple[str, ...] = ()
         else:
             stops = tuple(s for s in (gen.stop if request.close_thinking else (*gen.stop, self.think_end)) if s)
@@ -356,6 +360,7 @@ class VLLMEngine:
                 stop=list(stops) or None,
                 include_stop_str_in_output=True,
                 logprobs=k,
+                flat_logprobs=True,
                 skip_special_tokens=False,
                 spaces_between_special_tokens=False,
             )

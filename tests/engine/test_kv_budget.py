@@ -55,6 +55,18 @@ def test_budget_defaults_and_configured_sizes(monkeypatch: pytest.MonkeyPatch) -
     assert kv_budget_bytes(torch.device("cuda", 0), 3 * GIB) == 3 * GIB
 
 
+def test_a_replica_with_part_of_a_gpu_takes_only_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (70 * GIB, 80 * GIB))
+    cuda = torch.device("cuda", 0)
+    assert kv_budget_bytes(cuda) == 56 * GIB  # a whole GPU: 80% of what is free
+    assert kv_budget_bytes(cuda, gpu_share=1.0, weight_bytes=8 * GIB) == 56 * GIB
+    # Half a GPU: 80% of half the device, less its own weights; two such replicas fit beside each other.
+    assert kv_budget_bytes(cuda, gpu_share=0.5, weight_bytes=8 * GIB) == 24 * GIB
+    assert 2 * (24 + 8) <= 0.8 * 80
+    # A configured budget is taken as given.
+    assert kv_budget_bytes(cuda, 3 * GIB, gpu_share=0.5) == 3 * GIB
+
+
 def test_the_config_field_reaches_the_engine(make_engine: Any) -> None:
     hf = ModelConfig(model="m", kv_cache_gib=0.5).engine_kwargs()
     assert hf["kv_cache_gib"] == 0.5
