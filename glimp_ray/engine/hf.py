@@ -46,13 +46,14 @@ class HFEngine(StepLoopEngine):
     budget: the sessions' caches and the decode batch's buffers together (default: a share of the
     CUDA device's free memory once the weights are loaded, at most ``gpu_share`` of the device
     when a replica holds a fraction of it, else 4 GiB; see :mod:`~glimp_ray.engine.kv_memory`).
-    Admission waits until what running requests can come to hold fits it; idle sessions are evicted (LRU) to make room. ``max_sessions`` and
-    ``max_cached_tokens`` bound the sessions by count and tokens too; ``max_running`` bounds how
-    many requests decode at once (the batch size), and ``max_batch_tokens`` the decode batch's
-    KV positions, padding included (running requests x the longest; admission waits above it).
-    ``max_context`` defaults to the model's, lowered to what the budget holds for one request;
-    one given that the budget cannot hold is an error. ``batching`` off runs one sequence per
-    forward (the reference path, and the fallback for caches that cannot be batched).
+    Admission waits until what running requests can come to hold fits it; idle sessions are
+    evicted (LRU) to make room. ``max_sessions`` and ``max_cached_tokens`` bound the sessions by
+    count and tokens too; ``max_running`` bounds how many requests decode at once (the batch
+    size), and ``max_batch_tokens`` the decode batch's KV positions, padding included (running
+    requests x the longest; admission waits above it). ``max_context`` defaults to the model's,
+    lowered to what the budget holds for one request; one given that the budget cannot hold is
+    an error. ``batching`` off runs one sequence per forward (the reference path, and the
+    fallback for caches that cannot be batched).
     """
 
     def __init__(
