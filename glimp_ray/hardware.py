@@ -118,10 +118,111 @@ GPU_MEMORY: dict[str, GPUType] = {
     "A100-80GB": GPUType("A100", 80.0),
     "H100": GPUType("H100", 79.65),
     "H200": GPUType("H200", 140.4),
+    "V100": GPUType("V100", 15.77),
 }
 # Names Ray detects by itself. A100-40G / A100-80G exist in ray.util.accelerators but Ray "does
 # not auto-add them to nodes": a deployment asking for one waits forever unless a node declares it.
 RAY_DETECTED = {"T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200", "V100", "P100", "K80", "P4", "H20"}
+
+
+def gpus_named(accelerator_type: str) -> list[GPUType]:
+    """The GPU types Ray names ``accelerator_type`` (two for ``A100``), largest memory first."""
+    found = [gpu for gpu in GPU_MEMORY.values() if gpu.name == accelerator_type]
+    return sorted(set(found), key=lambda gpu: -gpu.memory_gib)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A cloud machine type: what a node of it has before Kubernetes or Ray take their share."""
+
+    name: str
+    provider: str  # "gcp" or "aws": whose reservations apply under Kubernetes
+    vcpus: int
+    memory_gib: float
+    gpu: str | None = None  # a GPU_MEMORY key
+    gpus: int = 0
+
+    @property
+    def gpu_type(self) -> GPUType | None:
+        return GPU_MEMORY[self.gpu] if self.gpu else None
+
+
+def _gcp(name: str, vcpus: int, memory_gb: float, gpu: str | None = None, gpus: int = 0) -> Machine:
+    # Compute Engine lists memory in "GB"; taken as 10^9 bytes, the smaller reading, so pod sizes
+    # checked against it are on the safe side.
+    return Machine(name, "gcp", vcpus, memory_gb * 1e9 / GIB, gpu, gpus)
+
+
+def _aws(name: str, vcpus: int, memory_gib: float, gpu: str | None = None, gpus: int = 0) -> Machine:
+    return Machine(name, "aws", vcpus, memory_gib, gpu, gpus)
+
+
+# The machines the shipped manifests name and their usual neighbours (providers' published sizes).
+MACHINES: dict[str, Machine] = {
+    m.name: m
+    for m in (
+        _gcp("n2-standard-4", 4, 16),
+        _gcp("n2-standard-8", 8, 32),
+        _gcp("g2-standard-4", 4, 16, "L4", 1),
+        _gcp("g2-standard-8", 8, 32, "L4", 1),
+        _gcp("g2-standard-12", 12, 48, "L4", 1),
+        _gcp("g2-standard-16", 16, 64, "L4", 1),
+        _gcp("g2-standard-24", 24, 96, "L4", 2),
+        _gcp("g2-standard-48", 48, 192, "L4", 4),
+        _gcp("a2-highgpu-1g", 12, 85, "A100-40GB", 1),
+        _gcp("a2-highgpu-2g", 24, 170, "A100-40GB", 2),
+        _gcp("a2-highgpu-4g", 48, 340, "A100-40GB", 4),
+        _gcp("a2-highgpu-8g", 96, 680, "A100-40GB", 8),
+        _gcp("a2-ultragpu-1g", 12, 170, "A100-80GB", 1),
+        _gcp("a2-ultragpu-2g", 24, 340, "A100-80GB", 2),
+        _gcp("a2-ultragpu-4g", 48, 680, "A100-80GB", 4),
+        _gcp("a2-ultragpu-8g", 96, 1360, "A100-80GB", 8),
+        _gcp("a3-highgpu-8g", 208, 1872, "H100", 8),
+        _aws("m6i.2xlarge", 8, 32),
+        _aws("m6i.4xlarge", 16, 64),
+        _aws("g5.xlarge", 4, 16, "A10G", 1),
+        _aws("g5.2xlarge", 8, 32, "A10G", 1),
+        _aws("g5.12xlarge", 48, 192, "A10G", 4),
+        _aws("g6.xlarge", 4, 16, "L4", 1),
+        _aws("g6.2xlarge", 8, 32, "L4", 1),
+        _aws("g6.4xlarge", 16, 64, "L4", 1),
+        _aws("g6.12xlarge", 48, 192, "L4", 4),
+        _aws("p4d.24xlarge", 96, 1152, "A100-40GB", 8),
+        _aws("p4de.24xlarge", 96, 1152, "A100-80GB", 8),
+        _aws("p5.48xlarge", 192, 2048, "H100", 8),
+    )
+}
+# GKE's node label cloud.google.com/gke-accelerator -> a GPU_MEMORY key.
+GKE_ACCELERATORS: dict[str, str] = {
+    "nvidia-tesla-t4": "T4",
+    "nvidia-tesla-v100": "V100",
+    "nvidia-l4": "L4",
+    "nvidia-tesla-a100": "A100-40GB",
+    "nvidia-a100-80gb": "A100-80GB",
+    "nvidia-h100-80gb": "H100",
+    "nvidia-h100-mega-80gb": "H100",
+    "nvidia-h200-141gb": "H200",
+}
+
+
+def _tiered(total: float, tiers: tuple[tuple[float, float], ...], rest: float) -> float:
+    """Sum of ``share x amount`` over consecutive tiers of ``total``, ``rest`` above the last."""
+    reserved, left = 0.0, total
+    for size, share in tiers:
+        reserved += min(left, size) * share
+        left = max(left - size, 0.0)
+    return reserved + left * rest
+
+
+def gke_allocatable(machine: Machine) -> tuple[float, float]:
+    """(CPUs, GiB) a GKE Standard node of ``machine`` offers pods: GKE reserves 6% of the first
+    core, 1% of the next, 0.5% of the next two and 0.25% of the rest; 25% of the first 4 GiB of
+    memory, 20% of the next 4, 10% of the next 8, 6% of the next 112 and 2% of the rest, plus a
+    100 MiB eviction threshold. System pods (logging, metrics, the GPU device plugin) take some
+    of what is left."""
+    cpu = machine.vcpus - _tiered(machine.vcpus, ((1, 0.06), (1, 0.01), (2, 0.005)), 0.0025)
+    memory = machine.memory_gib - _tiered(machine.memory_gib, ((4, 0.25), (4, 0.2), (8, 0.1), (112, 0.06)), 0.02)
+    return cpu, memory - 100 / 1024
 
 
 @dataclass(frozen=True)
@@ -152,13 +253,18 @@ def fit_on_gpus(
 
 __all__ = [
     "GIB",
+    "GKE_ACCELERATORS",
     "GPU_MEMORY",
     "KNOWN_MODELS",
+    "MACHINES",
     "RAY_DETECTED",
     "Fit",
     "GPUType",
+    "Machine",
     "ModelShape",
     "fit_on_gpus",
+    "gke_allocatable",
+    "gpus_named",
     "model_shape",
     "shape_from_config",
 ]
