@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--large-gpus", type=float, default=0.0, help="GPUs for the large model's actor")
     bt.add_argument("--max-prompt-chars", type=int, default=100_000)
     bt.add_argument("--traces", help="also merge the job's spans into this one file")
+    ck = commands.add_parser("check", help="preflight a Serve config against a cluster manifest (no GPU, no hub)")
+    ck.add_argument("config", help="Serve config (configs/*.yaml), a RayService manifest, or an in-process config")
+    ck.add_argument("--cluster", help="KubeRay RayService/RayCluster or Ray cluster launcher YAML")
+    ck.add_argument("--dockerfile", help="the image's Dockerfile (default: the one beside the manifest)")
     return parser
 
 
@@ -293,6 +297,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from glimp_ray.preflight import check_path
+
+    reports = check_path(args.config, args.cluster, args.dockerfile)
+    print("\n\n".join(report.format() for report in reports))
+    return 1 if any(report.errors for report in reports) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -306,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "batch":
             return _batch(args)
+        if args.command == "check":
+            return _check(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2
