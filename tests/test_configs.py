@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from glimp_ray.config import parse_config
+from glimp_ray.hardware import RAY_DETECTED
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -45,6 +46,8 @@ def test_gpu_configs_place_each_pool_on_its_node_type() -> None:
         assert serving.large.label_selector == {"glimp/pool": "large"} and serving.large.num_gpus >= 1
         config = AppConfig.model_validate(args)
         assert config.small.engine == config.large.engine == "vllm" and config.routing.entropy == "topk"
+        # Names Ray detects on a GPU node (an 80 GB A100 is "A100"; "A100-80G" is never auto-added).
+        assert {serving.small.accelerator_type, serving.large.accelerator_type} <= RAY_DETECTED
         options = serving.large.deployment_options("LargePool", config.large)
         actor = options["ray_actor_options"]
         tp = config.large.tensor_parallel_size

@@ -16,13 +16,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from glimp_ray.config import VLLM_MAX_LOGPROBS, ModelConfig, parse_config
 from glimp_ray.hardware import RAY_DETECTED, GPUType, gpus_named
 from glimp_ray.preflight.image import Image, read_image
-from glimp_ray.preflight.manifests import Cluster, NodeType, dump_resources, load_cluster, serve_config_of
+from glimp_ray.preflight.manifests import (
+    Cluster,
+    NodeType,
+    dump_resources,
+    load_cluster,
+    read_yaml,
+    serve_config_of,
+)
 from glimp_ray.preflight.memory import PoolMemory, check_pool_memory, weights_gib
 from glimp_ray.preflight.placement import Demand, Placement, demand_of, place, shortfall, why_not
 from glimp_ray.preflight.pods import check_pods
@@ -45,7 +51,7 @@ def check_path(
     """Check a Serve config (or a RayService, which carries one) against ``cluster``, a KubeRay or
     cluster launcher manifest (a RayService is its own cluster unless one is given)."""
     path = Path(config)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     carried = serve_config_of(data)
@@ -247,9 +253,9 @@ def _node_where(cluster: Cluster, node: NodeType) -> str:
 
 
 def _replicas_field(demand: Demand) -> str:
-    if demand.where == "serving.router":
-        return "serving.router.num_replicas"
-    return f"{demand.where}.autoscaling_config.max_replicas"
+    if demand.autoscaled and demand.where != "serving.router":  # the router's bounds are its num_replicas
+        return f"{demand.where}.autoscaling_config.max_replicas"
+    return f"{demand.where}.num_replicas"
 
 
 def _placement(demands: list[Demand], placement: Placement, cluster: Cluster, blocked: set[str]) -> list[Problem]:
@@ -306,7 +312,7 @@ def _advertise_fix(cluster: Cluster, node: NodeType, demand: Demand) -> str:
 
 
 def _launcher_declared(demands: list[Demand], placement: Placement, cluster: Cluster) -> list[Problem]:
-    """A launcher node type that leaves GPUs or the accelerator to `ray up`'s EC2 look-up."""
+    """A launcher node type that leaves its CPUs, GPUs or accelerator to `ray up`'s EC2 look-up."""
     if cluster.kind != "launcher":
         return []
     declared = cluster.extra.get("declared", {})
@@ -315,7 +321,7 @@ def _launcher_declared(demands: list[Demand], placement: Placement, cluster: Clu
         needed: set[str] = set()
         for demand in demands:
             if node.name in placement.placed.get(demand.deployment, []):
-                needed |= {k for k in demand.packed if k == "GPU" or k.startswith("accelerator_type:")}
+                needed |= {k for k in demand.packed if k in ("CPU", "GPU") or k.startswith("accelerator_type:")}
         left = sorted(needed - set(declared.get(node.name, {})))
         if left and not node.head:
             problems.append(

@@ -66,18 +66,31 @@ class Cluster:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; ``ValueError`` naming the file when it cannot be read."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_cluster(path: str | Path) -> Cluster:
     """Read a manifest into its node types (``ValueError`` naming what is missing)."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)
     dockerfile = path.parent / "Dockerfile"
     found = dockerfile if dockerfile.is_file() else None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    if data.get("kind") in ("RayService", "RayCluster"):
-        return _kuberay(data, str(path), found)
-    if "available_node_types" in data:
-        return _launcher(data, str(path), found)
+    try:
+        if data.get("kind") in ("RayService", "RayCluster"):
+            return _kuberay(data, str(path), found)
+        if "available_node_types" in data:
+            return _launcher(data, str(path), found)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: a node type lacks {exc} (or it is malformed)") from None
     raise ValueError(f"{path}: neither a KubeRay RayService/RayCluster nor a Ray cluster launcher config")
 
 

@@ -30,6 +30,7 @@ class Demand:
     label_selector: dict[str, str]
     min_replicas: int
     max_replicas: int
+    autoscaled: bool = False
 
     @property
     def packed(self) -> dict[str, float]:
@@ -65,7 +66,7 @@ def demand_of(where: str, options: dict[str, Any]) -> Demand:
     else:
         low = high = int(options.get("num_replicas", 1))
     clean = tuple({k: float(v) for k, v in b.items() if v} for b in bundles)
-    return Demand(options["name"], where, clean, selector, low, high)
+    return Demand(options["name"], where, clean, selector, low, high, scaling is not None)
 
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:

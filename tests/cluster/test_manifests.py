@@ -99,3 +99,31 @@ def test_every_node_runs_serve_in_the_projects_mode() -> None:
     assert len(starts) == 2
     for command in starts:
         assert all(f"{key}={value}" in command for key, value in SERVE_ENV.items())
+
+
+def test_gpu_groups_advertise_the_accelerator_their_pool_asks_for() -> None:
+    """KubeRay's autoscaler knows a group's resources only from its spec (Ray's own reading of it
+    here): each GPU group must show the accelerator_type its pool's replicas ask for, or it never
+    adds a pod for them; the launcher's GPU node types declare theirs too."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _node_type_from_group_spec
+
+    service = load("rayservice.yaml")
+    config = AppConfig.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"])
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    launcher = load("cluster.yaml")["available_node_types"]
+    for pool in (config.serving.small, config.serving.large):
+        resource = f"accelerator_type:{pool.accelerator_type}"
+        (group,) = [g for g in groups if pool.label_selector.items() <= g["labels"].items()]
+        assert _node_type_from_group_spec(group, is_head=False)["resources"][resource] == 1
+        (node_type,) = [t for t in launcher.values() if pool.label_selector.items() <= t.get("labels", {}).items()]
+        assert node_type["resources"][resource] == 1 and node_type["resources"]["GPU"] >= pool.num_gpus
+
+
+def test_gpu_groups_mount_a_model_cache() -> None:
+    service = load("rayservice.yaml")
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        home = {e["name"]: e["value"] for e in container["env"]}["HF_HOME"]
+        assert home in {m["mountPath"] for m in container["volumeMounts"]}
+        assert "ephemeral-storage" in container["resources"]["requests"]
+    assert any("hf-cache:/home/ray/.cache/huggingface" in o for o in load("cluster.yaml")["docker"]["run_options"])
