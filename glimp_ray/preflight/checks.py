@@ -18,21 +18,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from glimp_ray.config import VLLM_MAX_LOGPROBS, ModelConfig, parse_config
-from glimp_ray.hardware import RAY_DETECTED, GPUType, gpus_named
+from glimp_ray.config import ModelConfig, parse_config
+from glimp_ray.hardware import GPUType, gpus_named
 from glimp_ray.preflight.image import Image, read_image
-from glimp_ray.preflight.manifests import (
-    Cluster,
-    NodeType,
-    dump_resources,
-    load_cluster,
-    read_yaml,
-    serve_config_of,
-)
+from glimp_ray.preflight.manifests import Cluster, NodeType, load_cluster, read_yaml, serve_config_of
 from glimp_ray.preflight.memory import PoolMemory, check_pool_memory, weights_gib
-from glimp_ray.preflight.placement import Demand, Placement, demand_of, place, shortfall, why_not
+from glimp_ray.preflight.placement import Demand, Placement, demand_of, place, why_not
 from glimp_ray.preflight.pods import check_pods
 from glimp_ray.preflight.report import Problem, Report, Row, error, warning
+from glimp_ray.preflight.rules import Pools, accelerator_names, devices, router_top_k, top_k
+from glimp_ray.preflight.scaling import launcher_declared, placement_problems
 
 APP_IMPORT = "deployments.app:build_app"
 _OVERRIDABLE = (
@@ -87,7 +82,7 @@ def _loc(loc: tuple[Any, ...], prefix: str = "") -> str:
 def _check_in_process(data: dict[str, Any], source: str) -> Report:
     report = Report(f"in-process config {source} (no Serve application: schema, top_k)")
     data = copy.deepcopy(data)
-    report.problems += _top_k(data)
+    report.problems += top_k(data)
     try:
         parse_config(data, source)
     except ValueError as exc:
@@ -108,26 +103,27 @@ def check_application(app: dict[str, Any], cluster: Cluster | None, image: Image
         report.problems.append(warning("import_path", f"{app.get('import_path')} is not {APP_IMPORT}: not checked"))
         return report
     args = copy.deepcopy(app.get("args") or {})
-    report.problems += _top_k(args)
-    report.problems += _router_top_k(app, args)
+    report.problems += top_k(args)
+    report.problems += router_top_k(app, args)
     try:
         config = AppConfig.model_validate(args)
     except ValidationError as exc:
         report.problems += [error(_loc(e["loc"], "args."), e["msg"]) for e in exc.errors()]
         return report
     pools = {"small": (config.small, config.serving.small), "large": (config.large, config.serving.large)}
-    report.problems += _devices(pools)
+    report.problems += devices(pools)
     overrides = {d.get("name"): d for d in app.get("deployments") or []}
     demands = [
         demand_of(f"serving.{which}", _override(pool.deployment_options(f"{which.title()}Pool", model), overrides))
         for which, (model, pool) in pools.items()
     ]
     demands.append(demand_of("serving.router", _override(config.serving.router_options(), overrides)))
-    blocked = _accelerator_names(pools, cluster, report)
+    named, blocked = accelerator_names(pools, cluster)
+    report.problems += named
     placement = place(demands, cluster) if cluster else None
     if cluster is not None and placement is not None:
-        report.problems += _placement(demands, placement, cluster, blocked)
-        report.problems += _launcher_declared(demands, placement, cluster)
+        report.problems += placement_problems(demands, placement, cluster, blocked)
+        report.problems += launcher_declared(demands, placement, cluster)
     memory: dict[str, PoolMemory] = {}
     for which, (model, pool) in pools.items():
         demand = demands[list(pools).index(which)]
@@ -162,178 +158,6 @@ def _override(options: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     return {**options, **{k: entry[k] for k in _OVERRIDABLE if k in entry}}
 
 
-def _top_k(args: dict[str, Any]) -> list[Problem]:
-    """Finding 6: vLLM gives at most ``max_logprobs`` (20) logprobs; more fails every glimpse.
-    Reported here by name; the rest is checked as if top_k were 20."""
-    small, routing = args.get("small") or {}, args.get("routing") or {}
-    top_k = routing.get("top_k")
-    if small.get("engine") != "vllm" or not isinstance(top_k, int) or top_k <= VLLM_MAX_LOGPROBS:
-        return []
-    args["routing"] = {**routing, "top_k": VLLM_MAX_LOGPROBS}
-    return [
-        error(
-            "routing.top_k",
-            f"{top_k} is above vLLM's max_logprobs ({VLLM_MAX_LOGPROBS}) and small.engine is vllm: every glimpse "
-            f"would fail; set routing.top_k to at most {VLLM_MAX_LOGPROBS}",
-        )
-    ]
-
-
-def _router_top_k(app: dict[str, Any], args: dict[str, Any]) -> list[Problem]:
-    """The same for a top_k set at runtime in the router's user_config."""
-    if (args.get("small") or {}).get("engine") != "vllm":
-        return []
-    problems = []
-    for entry in app.get("deployments") or []:
-        routing = (entry.get("user_config") or {}).get("routing") or {}
-        top_k = routing.get("top_k")
-        if isinstance(top_k, int) and top_k > VLLM_MAX_LOGPROBS:
-            problems.append(
-                error(
-                    f"deployments[{entry.get('name')}].user_config.routing.top_k",
-                    f"{top_k} is above vLLM's max_logprobs ({VLLM_MAX_LOGPROBS}): every glimpse would fail; "
-                    f"set it to at most {VLLM_MAX_LOGPROBS}",
-                )
-            )
-    return problems
-
-
-def _devices(pools: dict[str, tuple[ModelConfig, Any]]) -> list[Problem]:
-    """Finding 8: an HF pool computes on ``device``, whatever GPUs Ray gave its replica."""
-    problems = []
-    for which, (model, pool) in pools.items():
-        if model.engine != "hf" or model.stand_in is not None:
-            continue
-        if pool.num_gpus > 0 and model.device == "cpu":
-            problems.append(
-                error(
-                    f"{which}.device",
-                    f"cpu while serving.{which}.num_gpus is {pool.num_gpus:g}: the replica holds a GPU and computes "
-                    "on the CPU; set device: auto (or cuda)",
-                )
-            )
-        if pool.num_gpus == 0 and model.device.startswith("cuda"):
-            problems.append(
-                error(
-                    f"{which}.device",
-                    f"{model.device} while serving.{which}.num_gpus is 0: Ray hides every GPU from the replica; "
-                    "set num_gpus or device: auto",
-                )
-            )
-    return problems
-
-
-def _accelerator_names(pools: dict[str, tuple[ModelConfig, Any]], cluster: Cluster | None, report: Report) -> set[str]:
-    """Finding 1: a name Ray does not detect places nothing unless a node declares it."""
-    blocked = set()
-    for which, (_, pool) in pools.items():
-        name = pool.accelerator_type
-        if name is None or name in RAY_DETECTED:
-            continue
-        if cluster is not None and any(f"accelerator_type:{name}" in t.resources for t in cluster.node_types):
-            continue
-        detected = name.split("-")[0]
-        fix = f"use {detected} (what Ray detects" if detected in RAY_DETECTED else "use the name Ray detects ("
-        report.problems.append(
-            error(
-                f"serving.{which}.accelerator_type",
-                f"{name} is not a name Ray detects on a node and no node type declares accelerator_type:{name}, "
-                f"so no replica is ever placed: {fix}, e.g. for 40 and 80 GB A100s alike) and tell GPU sizes apart "
-                "by the node type's label in label_selector",
-            )
-        )
-        blocked.add(f"{which.title()}Pool")
-    return blocked
-
-
-def _node_where(cluster: Cluster, node: NodeType) -> str:
-    if cluster.kind == "launcher":
-        return f"available_node_types.{node.name}"
-    return "headGroupSpec" if node.head else f"workerGroupSpecs[{node.name}]"
-
-
-def _replicas_field(demand: Demand) -> str:
-    if demand.autoscaled and demand.where != "serving.router":  # the router's bounds are its num_replicas
-        return f"{demand.where}.autoscaling_config.max_replicas"
-    return f"{demand.where}.num_replicas"
-
-
-def _placement(demands: list[Demand], placement: Placement, cluster: Cluster, blocked: set[str]) -> list[Problem]:
-    """Replicas that cannot be placed, and why: no node type fits, the autoscaler cannot add one
-    (finding 3), or the node types' max workers are too few."""
-    problems = []
-    for demand in demands:
-        placed = len(placement.placed.get(demand.deployment, []))
-        if placed >= demand.max_replicas or demand.deployment in blocked:
-            continue
-        hosts = [t for t in cluster.node_types if not why_not(demand, t)]
-        if not hosts:
-            reasons = "; ".join(f"{t.name} lacks {', '.join(why_not(demand, t))}" for t in cluster.node_types)
-            problems.append(error(demand.where, f"no node type can hold a {demand.deployment} replica: {reasons}"))
-            continue
-        unseen = [t for t in hosts if t.max_workers > t.min_workers and why_not(demand, t, advertised=True)]
-        for node in unseen:
-            missing = why_not(demand, node, advertised=True)
-            problems.append(
-                error(
-                    _node_where(cluster, node),
-                    f"the autoscaler does not see {', '.join(missing)} on a {node.name} node it could add, so "
-                    f"{demand.deployment} replicas beyond the {placed} that fit on the nodes there from the start "
-                    f"wait forever (max {demand.max_replicas}): {_advertise_fix(cluster, node, demand)}",
-                )
-            )
-        if unseen:
-            continue
-        names = ", ".join(t.name for t in hosts)
-        problems.append(
-            error(
-                _replicas_field(demand),
-                f"only {placed} of {demand.max_replicas} {demand.deployment} replicas fit on the node types that can "
-                f"hold them ({names}) at their max workers: raise those (maxReplicas / max_workers) or lower "
-                f"{_replicas_field(demand).rsplit('.', 1)[-1]}",
-            )
-        )
-    return problems
-
-
-def _advertise_fix(cluster: Cluster, node: NodeType, demand: Demand) -> str:
-    missing = shortfall(demand.packed, node.advertised)
-    accelerators = {k: 1.0 for k in missing if k.startswith("accelerator_type:")}
-    fixes = []
-    if accelerators and cluster.kind == "launcher":
-        fixes.append(f"declare {', '.join(accelerators)}: 1 in its resources")
-    elif accelerators:
-        fixes.append(f"declare it in rayStartParams: resources: '{dump_resources(accelerators)}'")
-    if any(k not in accelerators for k in missing):
-        fixes.append("give the group the CPUs/GPUs the replica asks for")
-    if any(node.advertised_labels.get(k) != v for k, v in demand.label_selector.items()):
-        fixes.append("put the labels in the group's `labels` field (the autoscaler ignores rayStartParams labels)")
-    return "; ".join(fixes)
-
-
-def _launcher_declared(demands: list[Demand], placement: Placement, cluster: Cluster) -> list[Problem]:
-    """A launcher node type that leaves its CPUs, GPUs or accelerator to `ray up`'s EC2 look-up."""
-    if cluster.kind != "launcher":
-        return []
-    declared = cluster.extra.get("declared", {})
-    problems = []
-    for node in cluster.node_types:
-        needed: set[str] = set()
-        for demand in demands:
-            if node.name in placement.placed.get(demand.deployment, []):
-                needed |= {k for k in demand.packed if k in ("CPU", "GPU") or k.startswith("accelerator_type:")}
-        left = sorted(needed - set(declared.get(node.name, {})))
-        if left and not node.head:
-            problems.append(
-                warning(
-                    f"available_node_types.{node.name}.resources",
-                    f"does not declare {', '.join(left)}: the autoscaler knows them only if `ray up` could read the "
-                    "instance type from the cloud (it carries on with a warning when it cannot); declare them",
-                )
-            )
-    return problems
-
-
 def _pool_gpu(
     which: str, demand: Demand, cluster: Cluster | None, placement: Placement | None, report: Report
 ) -> GPUType | None:
@@ -347,9 +171,7 @@ def _pool_gpu(
             if node.gpu is not None:
                 return node.gpu
         for node in types:
-            report.problems += [
-                warning(_node_where(cluster, node), f"{note}; memory not checked") for note in node.notes
-            ]
+            report.problems += [warning(cluster.field_of(node), f"{note}; memory not checked") for note in node.notes]
         return None
     keys: set[str] = set().union(*(b.keys() for b in demand.bundles))
     names = [k.split(":", 1)[1] for k in keys if k.startswith("accelerator_type:")]
@@ -397,9 +219,7 @@ def _image(small: ModelConfig, large: ModelConfig, cluster: Cluster, image: Imag
     ]
 
 
-def _weights_on(
-    pools: dict[str, tuple[ModelConfig, Any]], demands: list[Demand], placement: Placement, cluster: Cluster
-) -> dict[str, list[float]]:
+def _weights_on(pools: Pools, demands: list[Demand], placement: Placement, cluster: Cluster) -> dict[str, list[float]]:
     """Node type -> weights (GiB) of the model replicas one node of it holds at most."""
     found: dict[str, list[float]] = {}
     for which, (model, _) in pools.items():

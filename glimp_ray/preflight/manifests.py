@@ -65,6 +65,12 @@ class Cluster:
     dockerfile: Path | None = None  # the Dockerfile beside the manifest, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def field_of(self, node: NodeType) -> str:
+        """Where ``node`` is written in the manifest, for problem lines."""
+        if self.kind == "launcher":
+            return f"available_node_types.{node.name}"
+        return "headGroupSpec" if node.head else f"workerGroupSpecs[{node.name}]"
+
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content; ``ValueError`` naming the file when it cannot be read."""

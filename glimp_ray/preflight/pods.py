@@ -24,7 +24,7 @@ def check_pods(cluster: Cluster, weights_on: dict[str, list[float]]) -> list[Pro
     """``weights_on``: node type name -> weights (GiB) of each model replica placed on one node of it."""
     problems: list[Problem] = []
     for node in cluster.node_types:
-        where = _where(cluster, node)
+        where = cluster.field_of(node)
         weights = weights_on.get(node.name, [])
         if node.pod is not None:
             problems += _pod_fits_machine(node, where)
@@ -42,12 +42,6 @@ def check_pods(cluster: Cluster, weights_on: dict[str, list[float]]) -> list[Pro
     if cluster.kind == "launcher" and any(weights_on.values()):
         problems += _launcher_cache(cluster)
     return problems
-
-
-def _where(cluster: Cluster, node: NodeType) -> str:
-    if cluster.kind == "launcher":
-        return f"available_node_types.{node.name}"
-    return "headGroupSpec" if node.head else f"workerGroupSpecs[{node.name}]"
 
 
 def _pod_fits_machine(node: NodeType, where: str) -> list[Problem]:
