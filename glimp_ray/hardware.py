@@ -4,7 +4,9 @@ One definition for the preflight check (``glimp-ray check``), the planner's GPU 
 the profiles: a model's shape comes from its ``config.json`` (a local directory) or, for the
 models the shipped configs name, from a small table, so nothing is downloaded. GPU types carry
 the name Ray detects on a node (``accelerator_type``): NVIDIA's A100 40 GB and 80 GB are both
-detected as ``A100``, so memory is a property of a node type, not of the name alone.
+detected as ``A100``, so memory is a property of a node type, not of the name alone. Machine
+types (a cloud instance type, or GKE's accelerator label) tell a node type's GPU type, count,
+vCPUs and memory, and ``gke_allocatable`` what a GKE node of one leaves its pods.
 """
 
 from __future__ import annotations
