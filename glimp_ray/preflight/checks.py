@@ -45,6 +45,10 @@ def check_path(
 ) -> list[Report]:
     """Check a Serve config (or a RayService, which carries one) against ``cluster``, a KubeRay or
     cluster launcher manifest (a RayService is its own cluster unless one is given)."""
+    try:
+        import ray.serve  # noqa: F401  (the schema, deployment options and KubeRay's reading are Ray's)
+    except ImportError:
+        raise ValueError("glimp-ray check needs Ray Serve: pip install 'glimp-ray[serve]'") from None
     path = Path(config)
     data = read_yaml(path)
     if not isinstance(data, dict):
