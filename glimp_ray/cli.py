@@ -63,11 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--target-large-fraction", type=float, required=True, help="e.g. 0.25 (paper: 0.2-0.3)")
     cal.add_argument("--validation", help="a separate span file to check the ratio on")
     cal.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    pl = commands.add_parser("plan", help="replicas per pool for a target load, from traces")
+    pl = commands.add_parser("plan", help="replicas per pool (and GPU types) for a target load, from traces")
     pl.add_argument("--traces", required=True, help="JSON-lines span file")
     pl.add_argument("--rps", type=float, required=True, help="target requests per second")
     pl.add_argument("--slo-p95", type=float, help="p95 latency objective in seconds")
     pl.add_argument("--threshold", type=float, action="append", default=[], help="what-if τ (repeatable)")
+    pl.add_argument("--small-profile", help="engine profile JSON of the small pool (default: fitted from the traces)")
+    pl.add_argument("--large-profile", help="engine profile JSON of the large pool (default: fitted from the traces)")
+    pl.add_argument("--gpus", help="GPU types, prices and profiles (configs/gpus.example.yaml); needs --slo-p95")
+    pl.add_argument("--skip-first", type=int, default=0, help="leave out the first N traced requests (warm-up)")
+    pl.add_argument("--overhead-ms", type=float, help="ms per request outside the models (default: traced median)")
+    pl.add_argument("--no-simulate", action="store_true", help="the analytic model only, no simulator confirmation")
+    pl.add_argument("--sim-requests", type=int, default=2000, help="simulated arrivals per confirming run")
+    pl.add_argument("--seed", type=int, default=0, help="the simulator's seed")
     pl.add_argument(
         "--latency-slack", type=float, default=2.0, help="per-token latency target as a multiple of a lone call's"
     )
@@ -162,25 +170,50 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from glimp_ray.planner import format_plan, plan, plot_plan, requests_from_spans
+    from glimp_ray.plan_report import format_placements, format_plan, plot_plan
+    from glimp_ray.plan_sim import simulator
+    from glimp_ray.planner import plan, requests_from_spans, skip_first
+    from glimp_ray.profile import EngineProfile
     from glimp_ray.tracing import read_spans
 
     requests = requests_from_spans(_spans(args.traces, read_spans))
-    report = plan(
-        requests,
-        args.rps,
-        args.threshold,
-        args.slo_p95,
-        latency_slack=args.latency_slack,
-        max_concurrency=args.max_concurrency,
-        latency_target_s=args.latency_target_ms / 1000 if args.latency_target_ms else None,
-    )
+    if args.skip_first:
+        requests = skip_first(requests, args.skip_first)
+    confirmer = None if args.no_simulate else simulator(args.sim_requests, args.seed)
+    overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
+    if args.gpus:
+        from glimp_ray.placement import load_gpus, plan_placements, pool_options
+
+        if args.slo_p95 is None:
+            raise ValueError("--gpus needs --slo-p95: placements are compared at one objective")
+        if args.small_profile or args.large_profile:
+            raise ValueError("with --gpus the profiles come from the gpus file, not --small/--large-profile")
+        gpus, base = load_gpus(args.gpus)
+        options = pool_options(gpus, base, args.gpus)
+        report = plan_placements(requests, args.rps, args.slo_p95, options, args.threshold, overhead, confirmer)
+        text = format_placements(report)
+    else:
+        paths = {"small": args.small_profile, "large": args.large_profile}
+        profiles = {pool: EngineProfile.load(path) for pool, path in paths.items() if path}
+        report = plan(
+            requests,
+            args.rps,
+            args.threshold,
+            args.slo_p95,
+            latency_slack=args.latency_slack,
+            max_concurrency=args.max_concurrency,
+            latency_target_s=args.latency_target_ms / 1000 if args.latency_target_ms else None,
+            profiles=profiles,
+            overhead_s=overhead,
+            confirmer=confirmer,
+        )
+        text = format_plan(report)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "plan.json").write_text(json.dumps(report, indent=2))
         plot_plan(report, str(out / "plan.png"))
-    print(json.dumps(report, indent=2) if args.json else format_plan(report))
+    print(json.dumps(report, indent=2) if args.json else text)
     if args.out and not args.json:
         print(f"wrote {Path(args.out) / 'plan.json'}, {Path(args.out) / 'plan.png'}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,8 @@ def test_plan_matches_a_hand_computation() -> None:
     spans[2] = step("r1", 1, "large", 2.0, 20, 0.40, glimpse_s=0.05)
     spans[2]["attributes"]["glimp.glimpse.model_s"] = 0.005
     report = plan(requests_from_spans(spans), rps=10, thresholds=[0.6], max_concurrency=8)
-    assert report["curves"]["small"] == {"base_s": pytest.approx(0.01), "slope_s": 0.0}
-    assert report["curves"]["large"] == {"base_s": pytest.approx(0.02), "slope_s": 0.0}
+    assert report["curves"]["small"] == {"base_s": pytest.approx(0.01), "slope_s": 0.0, "source": "traces"}
+    assert report["curves"]["large"] == {"base_s": pytest.approx(0.02), "slope_s": 0.0, "source": "traces"}
     assert report["glimpse_model_s"] == pytest.approx(0.005)  # the model time, not the 50 ms wall clock
     traced, what_if = report["plans"]
     # Small: r1 10 tokens + 1 glimpse, r2 20 tokens -> 15.5 per request; large: (20 + 5) + 5 -> 15.
@@ -90,8 +91,10 @@ def test_plan_matches_a_hand_computation() -> None:
     # Little's law: 155 tokens/s x 0.01 s/token = 1.55 calls running; 150 x 0.02 = 3.
     assert traced["small_concurrency"] == pytest.approx(1.55) and traced["large_concurrency"] == pytest.approx(3.0)
     assert traced["large_utilization"] == pytest.approx(3.0 / 8)
-    # Flat curves: the traced latencies stand; p95 of [0.4, 0.7] is 0.685.
-    assert traced["predicted_p95_s"] == pytest.approx(0.685)
+    # Flat curves: the traced model times stand, plus the median overhead outside the models:
+    # r1 0.7 - 0.605 = 0.095 s, r2 0.4 - 0.3 = 0.1 s -> 0.0975 s; p95 of [0.3975, 0.7025].
+    assert report["overhead_s"] == pytest.approx(0.0975)
+    assert traced["predicted_p95_s"] == pytest.approx(0.3975 + 0.95 * 0.305)
     # τ = 0.6 re-routes r2's 0.8 step to the large model, with the trace's mean glimpse.
     assert what_if["large_step_fraction"] == 0.5
     assert what_if["small_tokens"] == pytest.approx(11) and what_if["large_tokens"] == pytest.approx(20)
@@ -188,14 +191,17 @@ def test_cli_calibrate_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture[st
                 "0.6",
                 "--out",
                 str(out),
+                "--no-simulate",
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
     assert "| traced |" in printed and "| 0.600 |" in printed
-    # τ 0.6: 200 large tokens/s at 2 calls of 20 ms per replica (100 tokens/s each) -> 2 replicas.
-    assert json.loads((out / "plan.json").read_text())["plans"][1]["large_replicas"] == 2
+    # τ 0.6: 200 large tokens/s at 20 ms are 4 calls running. At most 2 per replica, 2 replicas
+    # would fill every slot; a call arriving at random finds both of its replica's taken with
+    # probability 1 - e^-b (1 + b) at b calls per replica, at most 5% for b <= 0.355: 12 replicas.
+    assert json.loads((out / "plan.json").read_text())["plans"][1]["large_replicas"] == 12
     assert (out / "plan.png").is_file()
     assert main(["plan", "--traces", str(tmp_path / "none.jsonl"), "--rps", "1"]) == 2
     assert "trace file not found" in capsys.readouterr().err
@@ -211,3 +217,150 @@ def test_concurrency_is_measured_per_replica_from_overlapping_calls() -> None:
     concurrency = {r.trace_id: r.answer.concurrency for r in requests_from_spans(spans)}
     # a: 2 s of itself + 1 s of b over its 2 s; b: all of its 1 s overlaps a; c ran alone on L2.
     assert concurrency == {"a": pytest.approx(1.5), "b": pytest.approx(2.0), "c": 1.0}
+
+
+def flat_profile(
+    seconds_per_token: float, cap: int = 8, kv_budget_tokens: int = 1 << 30, glimpse_s: float = 0.005
+) -> Any:
+    from glimp_ray.profile import EngineProfile
+
+    return EngineProfile(
+        model=f"flat-{seconds_per_token}",
+        engine="hf",
+        dtype="float32",
+        accelerator="cpu:test",
+        decode_s={1: seconds_per_token, cap: seconds_per_token},
+        prefill_s_per_token=0.0,
+        glimpse_s=glimpse_s,
+        kv_bytes_per_token=1,
+        kv_budget_bytes=kv_budget_tokens,
+        max_concurrency=cap,
+    )
+
+
+def made_up_requests(n: int = 20, cold: int = 0) -> list[Any]:
+    """``n`` requests a second apart: two small steps of 10 tokens (10 ms each), one large step of
+    20 (20 ms each) and a 5-token large answer, 0.1 s outside the models; the first ``cold`` ones
+    took ten times as long in the models."""
+    from glimp_ray.traces import TracedCall, TracedRequest
+
+    requests = []
+    for i in range(n):
+        slow = 10.0 if i < cold else 1.0
+        calls = (
+            TracedCall("small", 0.2, 10, 0.1 * slow),
+            TracedCall("small", 0.4, 10, 0.1 * slow),
+            TracedCall("large", 2.0, 20, 0.4 * slow, glimpse_model_s=0.005),
+        )
+        answer = TracedCall("large", None, 5, 0.1 * slow)
+        model_s = sum(c.model_s + c.glimpse_model_s for c in (*calls, answer))
+        requests.append(TracedRequest(f"r{i}", calls, answer, 0.1 + model_s, start_s=float(i), end_s=i + 1.0))
+    return requests
+
+
+def test_overload_is_flagged_before_every_batch_slot_is_taken() -> None:
+    from glimp_ray.plan_model import Analytic, PoolModel, Workload, full_batch_probability
+
+    # A lone arrival finds its replica busy with probability 1 - e^-b when b calls run on average.
+    assert full_batch_probability(1.0, 1) == pytest.approx(1 - math.exp(-1))
+    requests = made_up_requests()
+    # Large: 25 tokens a request at 24 requests/s = 600 tokens/s at 10 ms: b = 6 calls on one
+    # replica, 75% of its 8 slots, yet P(Poisson(6) >= 8) = 26% of calls would find it full.
+    workload = Workload.at(requests, 24.0, None, 0.1)
+    pools = {"small": PoolModel.of(flat_profile(0.01), workload), "large": PoolModel.of(flat_profile(0.01), workload)}
+    evaluate = Analytic(workload, pools)
+    one = evaluate({"small": 5, "large": 1})
+    assert one.concurrency["large"] == pytest.approx(6.0)
+    assert one.full_batch["large"] == pytest.approx(1 - sum(math.exp(-6) * 6**k / math.factorial(k) for k in range(8)))
+    assert one.overloaded == ["large"] and one.p95_s == math.inf
+    # Two replicas: b = 3, P(Poisson(3) >= 8) = 1.2%: not overloaded; the fewest that are not.
+    assert evaluate({"small": 5, "large": 2}).p95_s < math.inf
+    assert evaluate.low()["large"] == 2
+
+
+def test_kv_limited_concurrency_caps_the_batch() -> None:
+    from glimp_ray.plan_model import PoolModel, Workload
+
+    requests = made_up_requests()
+    workload = Workload.at(requests, 4.0, None, 0.1)
+    assert workload.context_tokens == 45  # 10 + 10 + 20 + 5 tokens a request
+    tight = flat_profile(0.02, cap=32, kv_budget_tokens=45 * 3)  # the KV holds three such requests
+    assert PoolModel.of(tight, workload).concurrency_cap == 3
+    roomy = plan(
+        requests, 60.0, slo_p95_s=2.0, profiles={"small": flat_profile(0.01, 32), "large": flat_profile(0.02, 32)}
+    )
+    capped = plan(requests, 60.0, slo_p95_s=2.0, profiles={"small": flat_profile(0.01, 32), "large": tight})
+    assert capped["max_concurrency"]["large"] == 3 and roomy["max_concurrency"]["large"] == 32
+    assert capped["plans"][0]["large_replicas"] > roomy["plans"][0]["large_replicas"]
+
+
+def test_profiles_are_the_curves_source() -> None:
+    requests = made_up_requests()
+    profiles = {"small": flat_profile(0.01, glimpse_s=0.002), "large": flat_profile(0.03)}
+    report = plan(requests, 1.0, profiles=profiles)
+    assert report["curves"]["large"]["source"] == "flat-0.03" and report["glimpse_model_s"] == pytest.approx(0.002)
+    traced = report["plans"][0]
+    # Flat profiles: 20 small tokens x 10 ms + a 2 ms glimpse + 25 large tokens x 30 ms, 0.1 s outside.
+    assert traced["predicted_p95_s"] == pytest.approx(0.1 + 0.2 + 0.002 + 0.75)
+
+
+def test_planned_counts_are_the_fewest_the_confirmation_accepts() -> None:
+    from glimp_ray.plan_model import Analytic
+
+    requests = made_up_requests()
+    profiles = {"small": flat_profile(0.01, 4), "large": flat_profile(0.03, 4)}
+    slo = 1.2
+    runs: list[dict[str, int]] = []
+
+    def slower(workload: Any, pools: Any) -> Any:  # a confirmation 10% slower than the model
+        evaluate = Analytic(workload, pools)
+
+        def p95(counts: Any) -> float:
+            runs.append(dict(counts))
+            return 1.1 * evaluate.p95(counts)
+
+        return p95
+
+    analytic = plan(requests, 40.0, slo_p95_s=slo, profiles=profiles)["plans"][0]
+    confirmed = plan(requests, 40.0, slo_p95_s=slo, profiles=profiles, confirmer=slower)["plans"][0]
+    counts = {"small": confirmed["small_replicas"], "large": confirmed["large_replicas"]}
+    assert confirmed["simulated_p95_s"] <= slo < 1.1 * analytic["predicted_p95_s"] or counts == {
+        "small": analytic["small_replicas"],
+        "large": analytic["large_replicas"],
+    }
+    assert confirmed["simulated_p95_s"] <= slo
+    for pool in ("small", "large"):
+        assert counts[pool] == 1 or confirmed["one_fewer_p95_s"][pool] > slo
+        assert {**counts, pool: counts[pool] - 1} in runs or counts[pool] == 1
+
+
+def test_cold_first_requests_are_flagged_and_can_be_skipped() -> None:
+    from glimp_ray.planner import cold_requests, skip_first
+
+    requests = made_up_requests(40, cold=3)
+    assert cold_requests(requests) == 3 and cold_requests(made_up_requests(40)) == 0
+    # The three cold requests are over 5% of 40: the traced p95 carries them (each 0.95 s of
+    # model time becomes 9.5 s) and no replica count brings it to 1.5 s.
+    with pytest.raises(ValueError, match="the first 3 traced requests look cold: --skip-first 3"):
+        plan(requests, 2.0, slo_p95_s=1.5)
+    warm = skip_first(requests, 3)
+    assert [r.trace_id for r in warm[:2]] == ["r3", "r4"]
+    report = plan(warm, 2.0, slo_p95_s=1.5)
+    assert report["plans"][0]["predicted_p95_s"] <= 1.5 and report["cold_requests"] == 0
+    assert "--skip-first 3" in format_plan(plan(requests, 2.0))
+    with pytest.raises(ValueError, match="--skip-first"):
+        skip_first(requests, 40)
+
+
+def test_the_simulator_confirms_the_planned_counts() -> None:
+    pytest.importorskip("glimp_ray.sim")
+    from glimp_ray.plan_sim import simulator
+
+    requests = made_up_requests()
+    profiles = {"small": flat_profile(0.01, 4), "large": flat_profile(0.03, 4)}
+    report = plan(requests, 20.0, slo_p95_s=1.3, profiles=profiles, confirmer=simulator(requests=400, seed=0))
+    traced = report["plans"][0]
+    assert traced["simulated_p95_s"] <= 1.3
+    for pool in ("small", "large"):
+        fewer = traced["one_fewer_p95_s"][pool]
+        assert (fewer is None and traced[f"{pool}_replicas"] == 1) or fewer > 1.3
