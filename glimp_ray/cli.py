@@ -313,9 +313,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("give a prompt or --messages FILE")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}
     params = config.collab_params().replace(**overrides)  # bad overrides fail before any model loads
-    refused = RoutingConfig.entropy_refused(params.entropy, config.small.engine)
+    refused = RoutingConfig.entropy_refused(params.entropy, config.small.engine, params.top_k)
     if refused:
-        raise ValueError(f"--entropy: {refused}")
+        raise ValueError(f"--{'top-k' if refused.startswith('top_k') else 'entropy'}: {refused}")
     collaborator = load_collaborator(config)
     try:
         result = asyncio.run(collaborator.run(messages=messages, prompt=prompt, **overrides))
