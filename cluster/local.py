@@ -16,9 +16,43 @@ import argparse
 import os
 import signal
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 POOL_LABEL = "glimp/pool"
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """What a Ray node of one node type declares: logical CPUs and GPUs, resources (the
+    ``accelerator_type:<NAME>`` Ray detects on a GPU node among them) and labels."""
+
+    name: str
+    cpus: float
+    gpus: int = 0
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    count: int = 1
+
+
+def add_node_types(cluster: Any, shapes: Iterable[NodeShape], object_store_mib: int = 100) -> list[Any]:
+    """Add ``count`` raylets of each shape to a running local ``Cluster`` (a GPU-shaped cluster
+    on a machine without GPUs: the GPUs are logical); returns the nodes, for ``remove_node``."""
+    nodes = []
+    for shape in shapes:
+        for _ in range(shape.count):
+            nodes.append(
+                cluster.add_node(
+                    num_cpus=shape.cpus,
+                    num_gpus=shape.gpus,
+                    resources=dict(shape.resources),
+                    labels=dict(shape.labels),
+                    object_store_memory=object_store_mib << 20,
+                )
+            )
+    cluster.wait_for_nodes()
+    return nodes
 
 
 def start_local_cluster(

@@ -52,10 +52,10 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One local Ray cluster for the whole test session: a head node and two worker nodes
-    labelled ``glimp/pool: small`` and ``glimp/pool: large`` (``cluster/local.py``); yields the
-    GCS address."""
+    labelled ``glimp/pool: small`` and ``glimp/pool: large`` (``cluster/local.py``); yields Ray's
+    ``Cluster`` (tests may add nodes of their own and remove them)."""
     ray = pytest.importorskip("ray")
     from cluster.local import start_local_cluster
 
@@ -64,10 +64,18 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except Exception as exc:  # every Ray test errors with this one line, not 29 tracebacks
         pytest.fail(f"the local Ray cluster for the tests did not start: {type(exc).__name__}: {exc}", pytrace=False)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(local_cluster: Any) -> str:
+    """The session's Ray cluster (:func:`local_cluster`), by its GCS address."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
 
 
 @pytest.fixture

@@ -1,0 +1,222 @@
+"""A GPU-shaped dry run of the shipped GPU configs.
+
+The session's cluster gets raylets shaped like the manifest's GPU node types: their logical
+GPUs, the ``accelerator_type:<NAME>`` resource Ray detects on such a node, and their labels.
+Each shipped config is deployed as shipped (resources, accelerator types, label selectors,
+tensor-parallel placement groups, autoscaling bounds), with stand-in models: the demo pair on
+the HF engine on the CPU (``ModelConfig.stand_in``). Only Serve's timings are shortened. The
+app must reach RUNNING, every replica and placement group must land on its node type, a
+request must flow through both pools, and a load step must add a replica on another node of
+the pool's type.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from cluster.local import NodeShape, add_node_types
+from glimp_ray.preflight import load_cluster
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_CONFIGS = {
+    "qwen3-4b-r1-32b": ("configs/qwen3-4b-r1-32b.yaml", "cluster/rayservice.yaml"),
+    "r1-1.5b-r1-32b": ("configs/r1-1.5b-r1-32b.yaml", "cluster/cluster.yaml"),
+}
+STAND_INS = {"small": "demo:small", "large": "demo:large"}
+QUESTION = "Start with 12, then multiply by 7, then add 5, then subtract 9. Work modulo 100. What is the result?"
+
+
+def node_shapes(manifest: str, per_type: int = 2) -> list[NodeShape]:
+    """The manifest's GPU node types as local raylets (at most ``per_type`` of each), with the
+    resources a real node of the type runs with (the detected accelerator among them)."""
+    shapes = []
+    for node in load_cluster(ROOT / manifest).node_types:
+        if not node.resources.get("GPU"):
+            continue  # the session's head node stands in for CPU-only types
+        custom = {k: v for k, v in node.resources.items() if k not in ("CPU", "GPU", "memory")}
+        shapes.append(
+            NodeShape(
+                name=node.name,
+                cpus=node.resources.get("CPU", 1.0),
+                gpus=int(node.resources["GPU"]),
+                resources=custom,
+                labels={k: v for k, v in node.labels.items() if not k.startswith("ray.io/")},  # Ray sets its own
+                count=min(per_type, max(node.max_workers, 1)),
+            )
+        )
+    assert shapes, f"{manifest} has no GPU node type"
+    return shapes
+
+
+def dry_run_app(config: str, name: str) -> dict[str, Any]:
+    """The config's application as shipped, renamed, with stand-in models and short Serve timings."""
+    shipped = yaml.safe_load((ROOT / config).read_text())
+    (app,) = shipped["applications"]
+    app = copy.deepcopy(app)
+    app.update(name=name, route_prefix=f"/{name}")
+    for pool, stand_in in STAND_INS.items():
+        app["args"][pool]["stand_in"] = stand_in
+        autoscaling = app["args"]["serving"][pool].get("autoscaling_config")
+        if autoscaling:
+            autoscaling.update(upscale_delay_s=0, downscale_delay_s=600, metrics_interval_s=0.5, look_back_period_s=2)
+    return app
+
+
+def deploy(*apps: dict[str, Any]) -> None:
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_start().deploy_apps(ServeDeploySchema.model_validate({"applications": list(apps)}))
+
+
+def app_status(name: str) -> str:
+    app = serve.status().applications.get(name)
+    return "MISSING" if app is None else str(getattr(app.status, "value", app.status))
+
+
+def running(name: str, deployment: str) -> int:
+    app = serve.status().applications.get(name)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def replica_nodes(name: str, deployment: str) -> list[str]:
+    from ray._private.state import actors
+
+    prefix = f"SERVE_REPLICA::{name}#{deployment}#"
+    return [
+        info["Address"]["NodeID"]
+        for info in actors().values()
+        if info.get("Name", "").startswith(prefix) and info["State"] == "ALIVE"
+    ]
+
+
+def nodes_by_id() -> dict[str, dict[str, Any]]:
+    return {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.fixture(scope="module", params=list(GPU_CONFIGS))
+def gpu_app(request: pytest.FixtureRequest, local_cluster: Any, serve_app: str) -> Iterator[tuple[str, str]]:
+    """One shipped GPU config deployed on raylets shaped like its manifest; (name, base URL)."""
+    name = request.param
+    config, manifest = GPU_CONFIGS[name]
+    nodes = add_node_types(local_cluster, node_shapes(manifest))
+    try:
+        deploy(dry_run_app(config, name))
+        wait_for(lambda: app_status(name) in ("RUNNING", "DEPLOY_FAILED"), 240, f"{name} to deploy")
+        assert app_status(name) == "RUNNING", serve.status().applications[name]
+        yield name, f"{serve_app}/{name}"
+    finally:
+        serve.delete(name)
+        for node in nodes:
+            local_cluster.remove_node(node)
+
+
+def test_every_replica_lands_on_a_gpu_node_of_its_type(gpu_app: tuple[str, str]) -> None:
+    name, _ = gpu_app
+    nodes = nodes_by_id()
+    args = dry_run_app(GPU_CONFIGS[name][0], name)["args"]
+    for deployment, pool in (("SmallPool", "small"), ("LargePool", "large")):
+        placed = replica_nodes(name, deployment)
+        serving = args["serving"][pool]
+        assert placed, f"no {deployment} replica is alive"
+        for node_id in placed:
+            node = nodes[node_id]
+            assert node["Labels"].get("glimp/pool") == pool
+            assert node["Resources"].get("GPU", 0) >= 1  # a GPU node, not the CPU-only one
+            accelerator = serving.get("accelerator_type")
+            if accelerator:
+                assert f"accelerator_type:{accelerator}" in node["Resources"]
+
+
+def test_tensor_parallel_replicas_hold_a_placement_group_of_gpu_bundles(gpu_app: tuple[str, str]) -> None:
+    name, _ = gpu_app
+    args = dry_run_app(GPU_CONFIGS[name][0], name)["args"]
+    tp = args["large"].get("tensor_parallel_size", 1)
+    if tp == 1:
+        pytest.skip(f"{name}: the large model is not sharded")
+    from ray.util import placement_group_table
+
+    nodes = nodes_by_id()
+    groups = [g for g in placement_group_table().values() if g["state"] == "CREATED" and len(g["bundles"]) == tp]
+    assert groups, "no placement group of the sharded replica was placed"
+    for group in groups:
+        assert all(bundle.get("GPU") == 1 for bundle in group["bundles"].values())
+        for node_id in group["bundles_to_node_id"].values():
+            assert nodes[node_id]["Labels"].get("glimp/pool") == "large"
+
+
+def test_a_request_flows_through_both_pools(gpu_app: tuple[str, str]) -> None:
+    name, url = gpu_app
+    model = dry_run_app(GPU_CONFIGS[name][0], name)["args"]["serving"]["model_name"]
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "glimp": {"return_trace": True, "threshold": 0.3},
+    }
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    trace = data["glimp"]
+    assert data["choices"][0]["message"]["content"]
+    assert trace["steps"] and all(step["entropy"] is not None for step in trace["steps"])  # glimpsed: small pool
+    assert trace["answer"]["model"] == "large"
+
+
+def test_a_load_step_adds_a_replica_on_another_node_of_its_type(gpu_app: tuple[str, str]) -> None:
+    name, url = gpu_app
+    app = dry_run_app(GPU_CONFIGS[name][0], name)
+    if "autoscaling_config" not in app["args"]["serving"]["small"]:
+        pytest.skip(f"{name}: the small pool has a fixed size")
+    # The sizing is the policy's own test; here a policy that wants a replica per call in
+    # flight makes a load step ask for more, so where the added replica lands is what is checked.
+    app["autoscaling_policy"]["policy_kwargs"]["small"] = {
+        "max_concurrency": 1,
+        "target_queue_per_replica": 0.25,
+        "latency_slack": 1.0,
+        "smoothing_s": 1,
+    }
+    deploy(app)
+    model = app["args"]["serving"]["model_name"]
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                body = {"model": model, "prompt": f"{QUESTION} ({index})", "max_tokens": 4}
+                http.post(f"{url}/v1/completions", json=body)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: running(name, "SmallPool") >= 2, 120, "the small pool to add a replica")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    nodes = nodes_by_id()
+    placed = replica_nodes(name, "SmallPool")
+    assert len(set(placed)) >= 2  # one GPU a node: the new replica is on another node
+    assert all(nodes[n]["Labels"].get("glimp/pool") == "small" and nodes[n]["Resources"].get("GPU") for n in placed)
