@@ -7,6 +7,10 @@ exercised without GPUs::
     python -m cluster.local                 # starts it and waits; Ctrl-C stops it
     RAY_ADDRESS=<printed address> serve run configs/demo-cluster.yaml
 
+``--like MANIFEST`` adds raylets shaped like a manifest's GPU node types (logical GPUs, the
+``accelerator_type:<NAME>`` resource Ray detects on such a node, labels): a GPU-shaped cluster on
+which a GPU config with stand-in models deploys as it would on GPUs (docs/cluster.md, "Dry run").
+
 Tests use :func:`start_local_cluster` (one cluster per test session).
 """
 
@@ -18,6 +22,7 @@ import signal
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 POOL_LABEL = "glimp/pool"
@@ -34,6 +39,32 @@ class NodeShape:
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     count: int = 1
+
+
+def gpu_node_shapes(manifest: str | Path, per_type: int = 2) -> list[NodeShape]:
+    """A manifest's GPU node types (RayService, RayCluster or launcher YAML, read by
+    :mod:`glimp_ray.preflight`) as local raylets: at most ``per_type`` of each, with the resources
+    a real node of the type runs with (the detected accelerator among them) and its labels."""
+    from glimp_ray.preflight import load_cluster
+
+    shapes = []
+    for node in load_cluster(manifest).node_types:
+        if not node.resources.get("GPU"):
+            continue  # the head node stands in for CPU-only types
+        custom = {k: v for k, v in node.resources.items() if k not in ("CPU", "GPU", "memory")}
+        shapes.append(
+            NodeShape(
+                name=node.name,
+                cpus=node.resources.get("CPU", 1.0),
+                gpus=int(node.resources["GPU"]),
+                resources=custom,
+                labels={k: v for k, v in node.labels.items() if not k.startswith("ray.io/")},  # Ray sets its own
+                count=min(per_type, max(node.max_workers, 1)),
+            )
+        )
+    if not shapes:
+        raise ValueError(f"{manifest} has no GPU node type")
+    return shapes
 
 
 def add_node_types(cluster: Any, shapes: Iterable[NodeShape], object_store_mib: int = 100) -> list[Any]:
@@ -102,7 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-nodes", type=int, default=1)
     parser.add_argument("--large-nodes", type=int, default=1)
     parser.add_argument("--worker-cpus", type=float, default=2, help="Logical CPUs of each worker node.")
+    parser.add_argument(
+        "--like",
+        metavar="MANIFEST",
+        help="also add raylets shaped like the manifest's GPU node types (logical GPUs, the accelerator Ray "
+        "detects, labels), e.g. cluster/rayservice.yaml: a GPU-shaped dry run (docs/cluster.md)",
+    )
+    parser.add_argument("--per-type", type=int, default=2, help="With --like: raylets of each GPU node type.")
     args = parser.parse_args(argv)
+    shapes = gpu_node_shapes(args.like, args.per_type) if args.like else []
     cluster = start_local_cluster(
         args.head_cpus,
         args.small_nodes,
@@ -111,7 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         temp_dir=tempfile.mkdtemp(prefix="glimp-ray-cluster-"),
         connect=False,
     )
+    add_node_types(cluster, shapes)
     print(f"Ray cluster at {cluster.address}: head + {args.small_nodes} small + {args.large_nodes} large node(s)")
+    for shape in shapes:
+        print(f"  + {shape.count} x {shape.name}: {shape.cpus:g} CPUs, {shape.gpus} GPUs, {shape.resources}")
     print(f"  RAY_ADDRESS={cluster.address} serve run configs/demo-cluster.yaml")
     print("Ctrl-C stops it.", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too

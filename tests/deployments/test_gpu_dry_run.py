@@ -23,8 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from cluster.local import NodeShape, add_node_types
-from glimp_ray.preflight import load_cluster
+from cluster.local import add_node_types, gpu_node_shapes
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -36,28 +35,6 @@ GPU_CONFIGS = {
 }
 STAND_INS = {"small": "demo:small", "large": "demo:large"}
 QUESTION = "Start with 12, then multiply by 7, then add 5, then subtract 9. Work modulo 100. What is the result?"
-
-
-def node_shapes(manifest: str, per_type: int = 2) -> list[NodeShape]:
-    """The manifest's GPU node types as local raylets (at most ``per_type`` of each), with the
-    resources a real node of the type runs with (the detected accelerator among them)."""
-    shapes = []
-    for node in load_cluster(ROOT / manifest).node_types:
-        if not node.resources.get("GPU"):
-            continue  # the session's head node stands in for CPU-only types
-        custom = {k: v for k, v in node.resources.items() if k not in ("CPU", "GPU", "memory")}
-        shapes.append(
-            NodeShape(
-                name=node.name,
-                cpus=node.resources.get("CPU", 1.0),
-                gpus=int(node.resources["GPU"]),
-                resources=custom,
-                labels={k: v for k, v in node.labels.items() if not k.startswith("ray.io/")},  # Ray sets its own
-                count=min(per_type, max(node.max_workers, 1)),
-            )
-        )
-    assert shapes, f"{manifest} has no GPU node type"
-    return shapes
 
 
 def dry_run_app(config: str, name: str) -> dict[str, Any]:
@@ -121,7 +98,7 @@ def gpu_app(request: pytest.FixtureRequest, local_cluster: Any, serve_app: str) 
     """One shipped GPU config deployed on raylets shaped like its manifest; (name, base URL)."""
     name = request.param
     config, manifest = GPU_CONFIGS[name]
-    nodes = add_node_types(local_cluster, node_shapes(manifest))
+    nodes = add_node_types(local_cluster, gpu_node_shapes(ROOT / manifest))
     try:
         deploy(dry_run_app(config, name))
         wait_for(lambda: app_status(name) in ("RUNNING", "DEPLOY_FAILED"), 240, f"{name} to deploy")
