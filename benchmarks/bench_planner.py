@@ -3,11 +3,15 @@
 1. Serves the demo pair (HTTP through Ray Serve, spans to JSON lines) and sends open-loop
    Poisson traffic at a few rates (``--trace-rps``), so the trace holds calls at several
    concurrencies: the planner fits each pool's batching curve from it.
-2. Plans replicas for ``--rps`` from that trace (``glimp_ray.planner.plan``).
+2. Plans replicas for ``--rps`` from that trace (``glimp_ray.planner.plan``) and has the
+   simulator (``glimp_ray.sim``) predict the p95 at those counts too.
 3. Redeploys with the planned replica counts, sends Poisson traffic at ``--rps`` and measures
    p95 latency (client side) and each pool's concurrency per replica (model-seconds of its calls
    over the run's duration and its replicas) from the run's own trace.
-4. Prints predicted against measured, and the error of each.
+4. Prints predicted (analytic model and simulator) against measured, and the error of each.
+
+Replica counts themselves are not measured: finding the fewest that meet an objective takes a
+run per count, and on a small machine the replicas share its cores (docs/planning.md).
 
     python benchmarks/bench_planner.py [--rps 3] [--requests 80] [--trace-rps 0.5,2,4]
 """
@@ -29,6 +33,7 @@ from demo_app import MODEL, demo_app_args
 
 from glimp_ray.demo.task import make_split
 from glimp_ray.eval.metrics import percentile
+from glimp_ray.plan_sim import simulator
 from glimp_ray.planner import format_plan, plan, requests_from_spans
 
 
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rps,
             latency_slack=args.slack,
             max_concurrency=args.max_concurrency,
+            confirmer=simulator(),
         )
         predicted = report["plans"][0]
         print(format_plan(report))
@@ -135,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+    measured_p95 = percentile(router_latencies, 95)
     rows = [
-        ("p95 latency at the router (s)", predicted["predicted_p95_s"], percentile(router_latencies, 95)),
+        ("p95 latency at the router (s), model", predicted["predicted_p95_s"], measured_p95),
+        ("p95 latency at the router (s), simulator", predicted["simulated_p95_s"], measured_p95),
         ("small calls per replica", predicted["small_concurrency"], concurrency["small"]),
         ("large calls per replica", predicted["large_concurrency"], concurrency["large"]),
     ]

@@ -207,7 +207,8 @@ def plot_plan(report: dict[str, Any], path: str) -> None:
         if report["slo_p95_s"]:
             right.axhline(report["slo_p95_s"], color="#c0392b", ls="--", label="objective")
         right.set_ylabel("p95 latency (s)")
-        right.set_ylim(bottom=0)
+        finite = [v for p in plans for v in (p["predicted_p95_s"], p["simulated_p95_s"]) if v is not None and v < 1e300]
+        right.set_ylim(0, max(finite + [report["slo_p95_s"] or 0.0, 1e-3]) * 1.15)
     right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     for ax in (left, right):
         ax.set_xticks(x, labels)

@@ -22,7 +22,10 @@ def simulator(requests: int = 2000, seed: int = 0) -> Confirmer:
     """A :data:`glimp_ray.planner.Confirmer` running :func:`glimp_ray.sim.simulate`."""
 
     def build(workload: Workload, pools: Mapping[str, PoolModel]) -> P95:
-        from glimp_ray.sim import PoolSpec, SimConfig, simulate
+        try:
+            from glimp_ray.sim import PoolSpec, SimConfig, simulate
+        except ImportError as exc:  # simpy missing
+            raise ValueError(f"the simulator cannot run ({exc}): install simpy, or plan with --no-simulate") from None
 
         measured_s = requests / workload.rps
         warmup_s = WARMUP_FRACTION * measured_s
