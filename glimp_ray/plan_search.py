@@ -8,9 +8,9 @@ large-only) and a cost per replica of each pool (price per hour, or 1 to count r
   cheaper one, then walks the staircase of the fewest replicas of the second pool for each count
   of the first within that bound.
 - :func:`confirm` is a local search for an evaluator that is only roughly monotone (the
-  simulator): from a starting count it adds replicas until the objective is met, then removes
-  them while it stays met, so that one replica fewer in any pool misses it (or that pool is at
-  its minimum).
+  simulator): from a starting count it scales all pools up together until the objective is
+  met, then removes replicas (the dearer pool's first) while it stays met, so that one replica
+  fewer in any pool misses it (or that pool is at its minimum).
 """
 
 from __future__ import annotations
@@ -44,28 +44,6 @@ def cost(counts: Mapping[str, int], weights: Mapping[str, float]) -> float:
 def _order(counts: Counts, weights: Mapping[str, float], p95: float) -> tuple[float, int, float]:
     """Cheaper first, then fewer replicas, then the lower p95."""
     return (round(cost(counts, weights), 9), sum(counts.values()), p95)
-
-
-def _add_until_met(p95: Memo, slo: float, counts: Counts, weights: Mapping[str, float], limit: int) -> Counts | None:
-    """Greedy: one replica at a time to the pool whose extra replica lowers the p95 most per unit
-    cost; ``None`` when more replicas stop helping or a pool would pass ``limit``."""
-    counts = dict(counts)
-    while p95(counts) > slo:
-        current = p95(counts)
-        options = []
-        for pool in counts:
-            more = {**counts, pool: counts[pool] + 1}
-            if more[pool] <= limit:
-                gain = current - p95(more) if math.isfinite(current) else -p95(more)
-                options.append((-gain / max(weights[pool], 1e-12) if math.isfinite(current) else p95(more), pool))
-        if not options:
-            return None
-        _, pool = min(options)
-        more = {**counts, pool: counts[pool] + 1}
-        if math.isfinite(current) and p95(more) >= current:
-            return None
-        counts = more
-    return counts
 
 
 def cheapest(
@@ -119,12 +97,12 @@ def _first_met(p95: Memo, slo: float, begin: Counts, limit: int) -> Counts | Non
     def at(scale: float) -> Counts:
         return {p: min(limit, max(n, math.ceil(n * scale - 1e-9))) for p, n in begin.items()}
 
-    if p95(dict.fromkeys(begin, limit)) > slo:
-        return None
     if p95(begin) <= slo:
         return begin
     low, high = 1.0, 2.0
     while p95(at(high)) > slo:
+        if all(n >= limit for n in at(high).values()):
+            return None
         low, high = high, high * 2
     while at(high) != at(low) and high - low > 1e-3 * high:
         middle = (low + high) / 2
@@ -152,9 +130,11 @@ def confirm(
     max_runs: int = 60,
 ) -> Confirmed | None:
     """Counts near ``start`` that meet ``slo`` where one replica fewer in any pool misses it (or
-    that pool is at ``low``); ``None`` if adding replicas stops helping first."""
+    that pool is at ``low``); ``None`` if ``limit`` replicas a pool (at most 8× ``start`` + 8) do
+    not meet it."""
     memo = p95 if isinstance(p95, Memo) else Memo(p95)
-    counts = _add_until_met(memo, slo, {p: max(low[p], start[p]) for p in start}, weights, limit)
+    limit = min(limit, 8 * max(start.values()) + 8)  # an evaluator this far off is not near-monotone
+    counts = _first_met(memo, slo, {p: max(low[p], start[p]) for p in start}, limit)
     if counts is None:
         return None
     removed = True
