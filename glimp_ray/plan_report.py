@@ -134,13 +134,15 @@ def format_placements(report: dict[str, Any]) -> str:
 
 
 def _columns(plans: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Plans in τ order (the traced routing first) and their axis labels."""
+    """Plans in τ order (the traced routing first) and their axis labels (with the GPU types)."""
     ordered = sorted(plans, key=lambda p: (p["threshold"] is not None, p["threshold"] or 0.0))
-    labels = [
-        f"{'traced' if p['threshold'] is None else 'τ ' + format(p['threshold'], 'g')}\n"
-        f"{p['large_step_fraction']:.0%} large"
-        for p in ordered
-    ]
+    labels = []
+    for p in ordered:
+        label = "traced" if p["threshold"] is None else f"τ {p['threshold']:g}"
+        label += f"\n{p['large_step_fraction']:.0%} large"
+        if p.get("best"):
+            label += f"\n{p['best']['small']['gpu']}\n+ {p['best']['large']['gpu']}"
+        labels.append(label)
     return ordered, labels
 
 
@@ -156,23 +158,15 @@ def plot_plan(report: dict[str, Any], path: str) -> None:
     placements = "large_only" in report
     plans, labels = _columns(report["plans"])
     x = list(range(len(plans)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 2.4 * len(plans)), 4.6), dpi=120)
     width = 0.38
     for shift, pool in ((-width / 2, "small"), (width / 2, "large")):
         if placements:
             counts = [p["best"][pool]["replicas"] if p["best"] else 0 for p in plans]
-            names = [p["best"][pool]["gpu"] if p["best"] else "" for p in plans]
         else:
-            counts, names = [p[f"{pool}_replicas"] for p in plans], [""] * len(plans)
+            counts = [p[f"{pool}_replicas"] for p in plans]
         bars = left.bar([i + shift for i in x], counts, width, color=POOL_COLORS[pool], label=f"{pool} pool")
-        for bar, n, name in zip(bars, counts, names, strict=True):
-            left.annotate(
-                f"{n}{' × ' + name if name else ''}",
-                (bar.get_x() + bar.get_width() / 2, n),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        left.bar_label(bars, fontsize=8)
     left.set_ylabel(f"replicas for {report['rps']:g} requests/s")
     left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylim(0, max(1, *(b.get_height() for b in left.patches)) * 1.25)
@@ -181,7 +175,13 @@ def plot_plan(report: dict[str, Any], path: str) -> None:
         costs = [p["best"]["cost_per_hour"] if p["best"] else float("nan") for p in plans]
         right.plot(x, costs, "o-", color="#2a9d5c", label="cheapest placement")
         if report["large_only"]:
-            right.axhline(report["large_only"]["cost_per_hour"], color="gray", ls="--", label="large-only")
+            only = report["large_only"]["large"]
+            right.axhline(
+                report["large_only"]["cost_per_hour"],
+                color="gray",
+                ls="--",
+                label=f"large-only ({only['replicas']} × {only['gpu']})",
+            )
         for i, p in enumerate(plans):
             if p["saving"] is not None:
                 right.annotate(
@@ -211,7 +211,7 @@ def plot_plan(report: dict[str, Any], path: str) -> None:
         right.set_ylim(0, max(finite + [report["slo_p95_s"] or 0.0, 1e-3]) * 1.15)
     right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     for ax in (left, right):
-        ax.set_xticks(x, labels)
+        ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlim(-0.6, len(plans) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     slo = f", p95 ≤ {report['slo_p95_s']:g} s" if report["slo_p95_s"] else ""
