@@ -44,7 +44,9 @@ class PlacementError(ConfigError):
 class ScaleRule(StrictModel):
     profile: str = Field(description="A measured profile JSON to scale (a path relative to the gpus file).")
     decode_speedup: float = Field(
-        gt=0, description="Its seconds per generated token are divided by this (an assumption: say why beside it)."
+        gt=0,
+        description="A lone call's seconds per generated token, and a glimpse's, are divided by this "
+        "(an assumption: say why beside it).",
     )
     batch_speedup: float | None = Field(
         None,
@@ -53,7 +55,7 @@ class ScaleRule(StrictModel):
         "(default: decode_speedup; GPUs batch far more cheaply than CPUs).",
     )
     prefill_speedup: float | None = Field(
-        None, gt=0, description="Its prefill and glimpse seconds are divided by this (default: decode_speedup)."
+        None, gt=0, description="Its prefill seconds per token are divided by this (default: decode_speedup)."
     )
 
 
@@ -237,7 +239,7 @@ def pool_options(gpus: GPUsFile, base: Path, source: Path | str = "gpus file") -
                     accelerator=accelerator,
                     decode_s={b: alone / decode + (s - alone) / batch for b, s in profile.decode_s.items()},
                     prefill_s_per_token=profile.prefill_s_per_token / prefill,
-                    glimpse_s=profile.glimpse_s / prefill,
+                    glimpse_s=profile.glimpse_s / decode,  # one forward of one token, as a decode step
                     kv_bytes_per_token=fit.kv_bytes_per_token,
                     kv_budget_bytes=fit.kv_tokens * fit.kv_bytes_per_token,
                     max_concurrency=spec.max_num_seqs or profile.max_concurrency,
@@ -247,8 +249,8 @@ def pool_options(gpus: GPUsFile, base: Path, source: Path | str = "gpus file") -
                         "decode_speedup": decode,
                         "batch_speedup": batch,
                         "prefill_speedup": prefill,
-                        "assumption": "a lone call's seconds per token / decode_speedup, what batching adds / "
-                        "batch_speedup, prefill and glimpse / prefill_speedup; KV budget from this GPU's memory",
+                        "assumption": "a lone call's seconds per token and a glimpse / decode_speedup, what batching "
+                        "adds / batch_speedup, prefill / prefill_speedup; KV budget from this GPU's memory",
                     },
                 )
             elif spec.max_num_seqs:

@@ -108,7 +108,19 @@ def test_options_take_the_fewest_gpus_that_hold_the_weights_and_one_context(tmp_
     assert h100.kv_contexts == pytest.approx(fit.kv_tokens / CONTEXT)
     assert h100.profile.latency(1) == pytest.approx(0.020 / 1.4)
     assert h100.profile.notes["decode_speedup"] == 1.4 and h100.accelerator_type == "H100"
+    assert h100.profile.glimpse_s == pytest.approx(0.02 / 1.4)
     assert next(o for o in options["large"] if o.gpu == "A100-80GB").accelerator_type == "A100"
+
+
+def test_a_scaled_profile_divides_a_lone_call_and_what_batching_adds_separately(tmp_path: Path) -> None:
+    rule = {"profile": "measured.json", "decode_speedup": 2.0, "batch_speedup": 10.0, "prefill_speedup": 50.0}
+    gpus = [{"name": "H100", "price_per_hour": 5.0, "profiles": {"small": {"scale_from": rule}, "large": scaled(1)}}]
+    (small,) = options_for(tmp_path, gpus)["small"]
+    # Measured: 20 ms alone, 51 ms at 32 calls: 10 ms alone, (51 - 20) / 10 = 3.1 ms more at 32.
+    assert small.profile.decode_s[1] == pytest.approx(0.010)
+    assert small.profile.decode_s[32] == pytest.approx(0.010 + 0.0031)
+    assert small.profile.prefill_s_per_token == pytest.approx(1e-4 / 50)
+    assert small.profile.max_concurrency == 32 and small.profile.tensor_parallel == 1
 
 
 def test_the_cheapest_placement_is_what_brute_force_finds(tmp_path: Path) -> None:
