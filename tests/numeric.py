@@ -45,3 +45,23 @@ def tensors_close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
 def entropy_approx(expected: float | list[float]) -> object:
     """``pytest.approx`` for entropies computed from model logits."""
     return pytest.approx(expected, **ENTROPY_TOL)
+
+
+def midpoint_threshold(entropies: list[float], above: float | None = None) -> float:
+    """A τ between two measured entropies, away from both (a τ equal to a measured value routes
+    by its last bits): the midpoint of the widest gap between neighbours in the middle half, so
+    about half the values fall on each side; with ``above``, the gap just above that value."""
+    values = sorted(entropies)
+    if len(values) < 2:
+        raise ValueError("a midpoint needs at least two entropies")
+    if above is not None:
+        higher = [v for v in values if v > above]
+        if not higher:
+            raise ValueError(f"no entropy above {above}: {values}")
+        i = values.index(min(higher)) - 1
+    else:
+        low, high = len(values) // 4, max(len(values) * 3 // 4, len(values) // 4 + 1)
+        i = max((values[i + 1] - values[i], i) for i in range(low, min(high, len(values) - 1)))[1]
+    if values[i + 1] - values[i] <= 2 * (ENTROPY_TOL["abs"] + ENTROPY_TOL["rel"] * abs(values[i])):
+        raise ValueError(f"no gap wider than their noise between {values[i]} and {values[i + 1]}")
+    return (values[i] + values[i + 1]) / 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.params import PRESET_RULES
 from glimp_ray.step_run import StepRun, run_steps
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
-from tests.numeric import entropy_approx
+from tests.numeric import entropy_approx, midpoint_threshold
 
 MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
 GREEDY = SamplingParams(temperature=0)
@@ -50,10 +49,13 @@ class AlwaysCold(RecordingClient):
         return result
 
 
-def median_threshold(make_engine: Any) -> float:
+def median_threshold(make_engine: Any, first_step_easy: bool = False) -> float:
+    """A τ that sends about half the steps large, midway between two of their entropies (with
+    ``first_step_easy``: just above the first step's)."""
     collab = Collaborator(make_engine("small"), make_engine("large"), PARAMS)
     result = asyncio.run(collab.run(MESSAGES, policy="small"))
-    return statistics.median(s.entropy for s in result.steps)
+    entropies = [s.entropy for s in result.steps]
+    return midpoint_threshold(entropies, above=entropies[0] if first_step_easy else None)
 
 
 def test_glimpse_entropy_matches_a_plain_forward(make_engine: Any) -> None:
@@ -101,7 +103,7 @@ async def _collect(steps: Any) -> list[StepResult]:
 def test_a_run_inside_the_step_loop_matches_one_call_per_step(make_engine: Any, monkeypatch: Any) -> None:
     """HFEngine serves a run of easy steps inside its step loop: never through ``step`` (no round
     trip per step), with the results one call per step gives."""
-    tau = median_threshold(make_engine)
+    tau = median_threshold(make_engine, first_step_easy=True)
     request = StepRequest("run", MESSAGES, glimpse=GlimpseSpec(threshold=tau))
     per_step = asyncio.run(_collect(run_steps(RecordingClient(make_engine("small")), request, _run_spec())))
     engine = make_engine("small")

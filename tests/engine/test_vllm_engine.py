@@ -21,6 +21,7 @@ from glimp_ray.engine.base import PromptTooLongError  # noqa: E402
 from glimp_ray.engine.hf import HFEngine  # noqa: E402
 from glimp_ray.engine.vllm import VLLMEngine  # noqa: E402
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult  # noqa: E402
+from tests.numeric import entropy_approx  # noqa: E402
 
 MESSAGES = ({"role": "user", "content": "What is 6 times 7?"},)
 GREEDY = SamplingParams(temperature=0)
@@ -117,7 +118,7 @@ def test_a_routed_glimpse_generates_nothing(engines: dict[str, Any]) -> None:
         glimpse=GlimpseSpec("topk", 20, threshold=None),
         generate=GenerateSpec(8, (" ",), GREEDY),
     )
-    assert not kept.routed and kept.entropy == pytest.approx(routed.entropy, rel=1e-6)
+    assert not kept.routed and kept.entropy == entropy_approx(routed.entropy)
 
 
 def test_steps_stop_at_the_delimiter_and_the_think_end_marker(engines: dict[str, Any]) -> None:
