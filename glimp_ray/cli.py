@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--traces", required=True, help="JSON-lines span file")
     pl.add_argument("--rps", type=float, required=True, help="target requests per second")
     pl.add_argument("--slo-p95", type=float, help="p95 latency objective in seconds")
-    pl.add_argument("--threshold", type=float, action="append", default=[], help="what-if τ (repeatable)")
+    pl.add_argument(
+        "--threshold",
+        type=_threshold_list,
+        action="extend",
+        default=[],
+        help="what-if τ: 0.5 or 0.1,0.5,1 (repeatable)",
+    )
     pl.add_argument("--small-profile", help="engine profile JSON of the small pool (default: fitted from the traces)")
     pl.add_argument("--large-profile", help="engine profile JSON of the large pool (default: fitted from the traces)")
     pl.add_argument("--gpus", help="GPU types, prices and profiles (configs/gpus.example.yaml); needs --slo-p95")
@@ -217,6 +223,13 @@ def _plan(args: argparse.Namespace) -> int:
     if args.out and not args.json:
         print(f"wrote {Path(args.out) / 'plan.json'}, {Path(args.out) / 'plan.png'}")
     return 0
+
+
+def _threshold_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def _spans(path: str, read: Any) -> list[dict[str, Any]]:

@@ -364,3 +364,12 @@ def test_the_simulator_confirms_the_planned_counts() -> None:
     for pool in ("small", "large"):
         fewer = traced["one_fewer_p95_s"][pool]
         assert (fewer is None and traced[f"{pool}_replicas"] == 1) or fewer > 1.3
+
+
+def test_cli_thresholds_take_lists() -> None:
+    from glimp_ray.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["plan", "--traces", "t", "--rps", "1", "--threshold", "0.1,0.5", "--threshold", "1"]
+    )
+    assert args.threshold == [0.1, 0.5, 1.0]
