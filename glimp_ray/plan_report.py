@@ -36,6 +36,24 @@ def _notes(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _extrapolated(report: dict[str, Any]) -> list[str]:
+    """A note when a curve fitted from traces is used past the concurrencies the trace covered."""
+    covered = report["traced_concurrency_max"]
+    beyond = [
+        pool
+        for pool in ("small", "large")
+        if report["curves"][pool]["source"] == "traces"
+        and any(p[f"{pool}_concurrency"] + 1 > covered[pool] + 0.5 for p in report["plans"])
+    ]
+    if not beyond:
+        return []
+    spans = ", ".join(f"{pool} up to {covered[pool]:.1f}" for pool in beyond)
+    return [
+        f"note: the trace saw calls at concurrencies {spans}; the plan runs more per replica, where the "
+        "fitted curve is extrapolated (a measured profile, --small-profile/--large-profile, covers it)"
+    ]
+
+
 def format_plan(report: dict[str, Any]) -> str:
     """The capacity plan of :func:`glimp_ray.planner.plan` as text and a Markdown table."""
     curves, target, cap = report["curves"], report["latency_target_s"], report["max_concurrency"]
@@ -54,6 +72,7 @@ def format_plan(report: dict[str, Any]) -> str:
         f"glimpse {report['glimpse_model_s'] * 1000:.2f} ms of model time; traced latency mean "
         f"{report['traced_mean_latency_s']:.3f} s, p95 {report['traced_p95_latency_s']:.3f} s",
         *_notes(report),
+        *_extrapolated(report),
         "",
         "| τ | large steps | large tokens | small tokens/req | large tokens/req | small replicas | large replicas "
         "| calls/replica (small, large) | p95 model (s) | p95 simulated (s) | one fewer small, large (s) |",

@@ -257,6 +257,9 @@ def plan(
             }
             for p in POOLS
         },
+        "traced_concurrency_max": {
+            p: max((c.concurrency for r in requests for c in r.calls if c.route == p), default=0.0) for p in POOLS
+        },
         "glimpse_model_s": mean_glimpse_s(requests) if pools["small"].from_trace else pools["small"].profile.glimpse_s,
         "plans": [p.to_dict() for p in plans],
     }
