@@ -140,6 +140,22 @@ class RequestLimits(StrictModel):
     )
 
 
+class ApiKey(StrictModel):
+    """One client's API key, by name; the config holds its SHA-256 or where to read it, never the key."""
+
+    name: str = Field(min_length=1, description="Who the key belongs to; on spans and metrics (the key never is).")
+    key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (e.g. `printf %s KEY | sha256sum`)."
+    )
+    key_env: str | None = Field(None, min_length=1, description="Environment variable of the router holding the key.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of key_sha256 and key_env")
+        return self
+
+
 class ServingConfig(StrictModel):
     """How the application is exposed and how it reacts to failing pools."""
 
@@ -164,6 +180,19 @@ class ServingConfig(StrictModel):
     request_limits: RequestLimits = Field(
         default_factory=lambda: RequestLimits(), description="Bounds on what one request may ask for."
     )
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="Keys a client must send as 'Authorization: Bearer <key>' on every route but /health; "
+        "none: the server is open.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_key_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API key names must be unique")
+        return keys
 
     def router_options(self) -> dict[str, Any]:
         """``Deployment.options`` of the router. When a pool autoscales, the router gets a fixed-size

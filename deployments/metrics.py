@@ -28,11 +28,16 @@ class RouterMetrics:
         self.latency = Histogram(
             "glimp_request_latency_s", description="End-to-end request latency (s).", boundaries=LATENCY_BUCKETS
         )
-        self.requests = Counter("glimp_requests", description="Finished requests by outcome.", tag_keys=("outcome",))
+        self.requests = Counter(
+            "glimp_requests",
+            description="Finished requests by outcome and API key name.",
+            tag_keys=("outcome", "key"),  # type: ignore[arg-type]  # Ray annotates it as a 1-tuple
+        )
         self.threshold = Gauge("glimp_threshold", description="The threshold tau new steps are routed on (nats).")
 
-    def observe(self, event: StepRecord | CollabResult, load: RouterLoad) -> None:
-        """One event, and the routing ratio the router's demand meter now reads."""
+    def observe(self, event: StepRecord | CollabResult, load: RouterLoad, key: str | None = None) -> None:
+        """One event, and the routing ratio the router's demand meter now reads; ``key``: the name
+        of the API key the request came with."""
         self.ratio.set(load.step_share.get("large", 0.0), tags={"by": "steps"})
         self.ratio.set(load.token_share.get("large", 0.0), tags={"by": "tokens"})
         if isinstance(event, StepRecord):
@@ -45,7 +50,7 @@ class RouterMetrics:
         if event.answer_record.tokens > 0:  # e.g. an answer with no room left in the context
             self.tokens.inc(event.answer_record.tokens, tags={"pool": event.answer_record.model})
         self.latency.observe(event.latency_s)
-        self.requests.inc(tags={"outcome": "ok"})
+        self.requests.inc(tags={"outcome": "ok", "key": key or ""})
 
-    def failed(self, reason: str) -> None:
-        self.requests.inc(tags={"outcome": reason})
+    def failed(self, reason: str, key: str | None = None) -> None:
+        self.requests.inc(tags={"outcome": reason, "key": key or ""})

@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Literal
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
+from deployments import auth
 from deployments.config import AppConfig
 from deployments.errors import APIError, api_error, install_error_handlers
 from deployments.limits import check_model, check_prompt_chars, check_request, read_request
@@ -54,7 +55,11 @@ from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tau_control import TauController
 from glimp_ray.tracing import make_tracer_provider, request_span
 
-app = FastAPI(title="glimp-ray", description="GlimpRouter: step-wise small/large collaboration")
+app = FastAPI(
+    title="glimp-ray",
+    description="GlimpRouter: step-wise small/large collaboration",
+    dependencies=[Depends(auth.require_api_key)],
+)
 
 install_error_handlers(app)
 
@@ -148,6 +153,7 @@ class GlimpRouter:
     def __init__(self, small: Any, large: Any, config: dict[str, Any]):
         self.config = AppConfig.model_validate(config)
         serving = self.config.serving
+        auth.configure(auth.ApiKeys.of((k.name, k.key_sha256, k.key_env) for k in serving.api_keys))
         transport = serving.pool_transport
         small_client = ServeStepClient(small, "small", serving.step_timeout_s, serving.retries, transport)
         large_client: Any = ServeStepClient(large, "large", serving.step_timeout_s, serving.retries, transport)
@@ -297,6 +303,7 @@ class GlimpRouter:
             raise APIError(400, refused, "invalid_request_error", field)
         request_id = new_id("chatcmpl" if chat else "cmpl")
         headers = _trace_headers(raw)
+        key = auth.key_name(raw)
         runs = []
         for index in range(count):
             choice = dict(overrides)
@@ -304,7 +311,7 @@ class GlimpRouter:
                 choice["seed"] = (overrides["seed"] + index % body.n - INT64_MIN) % 2**64 + INT64_MIN
             run_id = request_id if count == 1 else f"{request_id}-{index}"
             stream = self.collab.stream(request_id=run_id, **inputs[index // body.n], **choice)
-            runs.append(self._observed(stream, run_id, params, headers))
+            runs.append(self._observed(stream, run_id, params, headers, key))
         param = "messages" if chat else "prompt"
         handed_over = False
         try:
@@ -330,23 +337,29 @@ class GlimpRouter:
         return result
 
     async def _observed(
-        self, events: AsyncGenerator[Any, None], request_id: str, params: Any, headers: dict[str, str]
+        self,
+        events: AsyncGenerator[Any, None],
+        request_id: str,
+        params: Any,
+        headers: dict[str, str],
+        key: str | None = None,
     ) -> AsyncGenerator[Any, None]:
-        """Spans and metrics for each event; the caller's traceparent (``headers``) joins its trace."""
+        """Spans and metrics for each event; the caller's traceparent (``headers``) joins its trace,
+        and the name of the API key it came with (``key``) goes on its span and request metric."""
         self.demand.arrived(time.monotonic())
         try:
-            with request_span(self.tracer, request_id, params, headers) as span:
+            with request_span(self.tracer, request_id, params, headers, api_key=key) as span:
                 async for event in events:
                     span.observe(event)
-                    self._measure(event)
+                    self._measure(event, key)
                     yield event
         except Exception as exc:
-            self.metrics.failed(type(exc).__name__)
+            self.metrics.failed(type(exc).__name__, key)
             raise
         finally:
             await events.aclose()
 
-    def _measure(self, event: StepRecord | CollabResult) -> None:
+    def _measure(self, event: StepRecord | CollabResult, key: str | None = None) -> None:
         now = time.monotonic()
         if isinstance(event, StepRecord):
             self.demand.observe(now, event)
@@ -358,7 +371,7 @@ class GlimpRouter:
             self.metrics.threshold.set(self.tau.tau)
         else:
             self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)
-        self.metrics.observe(event, self.demand.load(now))
+        self.metrics.observe(event, self.demand.load(now), key)
 
     async def _guard(self, awaitable: Any, param: str = "messages") -> Any:
         try:

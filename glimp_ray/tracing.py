@@ -187,9 +187,10 @@ def request_span(
     request_id: str,
     params: CollabParams,
     headers: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> Iterator[RequestTrace]:
     """The request's root span; an incoming ``traceparent`` header makes it a child of the
-    caller's trace."""
+    caller's trace. ``api_key``: the name (never the key) of the API key the request came with."""
     parent: Context | None = extract(dict(headers)) if headers else None
     attributes: dict[str, Any] = {
         "glimp.request_id": request_id,
@@ -197,6 +198,8 @@ def request_span(
         "glimp.mode": params.mode,
         "glimp.threshold": params.threshold,
     }
+    if api_key is not None:
+        attributes["glimp.api_key"] = api_key
     # Not made "current": a streamed response ends the span in another task, where
     # detaching a context attached here would fail. Children name their parent explicitly.
     root = tracer.start_span(SPAN_REQUEST, context=parent, attributes=attributes)
