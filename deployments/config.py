@@ -106,6 +106,13 @@ class RouterDeployment(StrictModel):
     num_replicas: int = Field(1, ge=1, description="Router replicas.")
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per router replica.")
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests per router replica.")
+    max_queued_requests: int = Field(
+        512,
+        ge=-1,
+        description="Requests waiting for a router replica (Serve's max_queued_requests, counted by each proxy); "
+        "beyond it a request gets 429 with Retry-After at once instead of queueing. -1: no bound.",
+    )
+    retry_after_s: float = Field(5.0, ge=0, description="Retry-After (seconds) sent with a 429 of a full queue.")
 
 
 class TracingConfig(StrictModel):
@@ -201,6 +208,8 @@ class ServingConfig(StrictModel):
         options: dict[str, Any] = {
             "name": "GlimpRouter",
             "max_ongoing_requests": self.router.max_ongoing_requests,
+            "max_queued_requests": self.router.max_queued_requests,
+            "backpressure_config": {"status_code": 429, "retry_after_s": self.router.retry_after_s},
             "ray_actor_options": {"num_cpus": self.router.num_cpus},
         }
         pools = [p.autoscaling_config for p in (self.small, self.large) if p.autoscaling_config is not None]

@@ -39,3 +39,10 @@ def test_the_config_takes_a_digest_or_an_environment_variable_never_a_key() -> N
             ServingConfig.model_validate({"api_keys": [bad]})
     with pytest.raises(ValidationError, match="unique"):
         ServingConfig.model_validate({"api_keys": [{"name": "a", "key_env": "K1"}, {"name": "a", "key_env": "K2"}]})
+
+
+def test_the_router_sheds_a_full_queue_with_429() -> None:
+    options = ServingConfig.model_validate({"router": {"max_queued_requests": 8, "retry_after_s": 2}}).router_options()
+    assert options["max_queued_requests"] == 8
+    assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
+    assert ServingConfig().router_options()["max_queued_requests"] == 512  # bounded by default
