@@ -7,7 +7,9 @@ Name it in the Serve config file (Ray 2.60 takes an application-level policy onl
         import_path: deployments.app:build_app
         autoscaling_policy:
           policy_function: deployments.autoscaling:RoutingRatioPolicy
-          policy_kwargs: {large: {target_utilization: 0.6}}
+          policy_kwargs:
+            small: {profile: configs/profiles/demo-small-hf-cpu.json}
+            large: {profile: configs/profiles/demo-large-hf-cpu.json, context_tokens: 2048}
         args:
           serving:
             small: {num_replicas: auto, autoscaling_config: {min_replicas: 1, max_replicas: 4}}
@@ -15,9 +17,11 @@ Name it in the Serve config file (Ray 2.60 takes an application-level policy onl
 
 Each pool's ``autoscaling_config`` gives its bounds and Ray's ``upscale_delay_s`` /
 ``downscale_delay_s``; ``policy_kwargs`` give :class:`~glimp_ray.autoscaling.PoolScaling`
-fields per pool. The router reports request rate and routing ratio, the model servers their
-service rate and queue (``record_autoscaling_stats``); the arithmetic is in
-:mod:`glimp_ray.autoscaling`.
+fields per pool. ``profile`` names a pool's engine profile (``glimp-ray profile``), read once
+here: the policy's prior from the first window (a path relative to Serve's working directory);
+``context_tokens`` with it caps a replica's concurrency at what its KV budget holds. The router
+reports request rate and routing ratio, the model servers their service rate, queue and
+batching point (``record_autoscaling_stats``); the arithmetic is in :mod:`glimp_ray.autoscaling`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 from typing import Any
 
 from glimp_ray.autoscaling import Decision, PoolLoad, PoolScaling, PoolState, RouterLoad, decide_pool
+from glimp_ray.profile import EngineProfile
 
 logger = logging.getLogger("ray.serve")
 
@@ -76,6 +81,18 @@ def pool_load(ctx: Any) -> PoolLoad:
     )
 
 
+def pool_scaling(pool: str, kwargs: dict[str, Any] | None) -> PoolScaling:
+    """A pool's :class:`PoolScaling` from its ``policy_kwargs``, its ``profile`` path loaded."""
+    kwargs = dict(kwargs or {})
+    path = kwargs.get("profile")
+    if path is not None and not isinstance(path, EngineProfile):
+        try:
+            kwargs["profile"] = EngineProfile.load(path)
+        except ValueError as exc:
+            raise ValueError(f"autoscaling policy_kwargs.{pool}.profile: {exc}") from None
+    return PoolScaling(**kwargs)
+
+
 class RoutingRatioPolicy:
     """Ray Serve application-level policy (a class: Serve builds it once with ``policy_kwargs``)."""
 
@@ -86,7 +103,7 @@ class RoutingRatioPolicy:
         pools: dict[str, str] | None = None,
         router: str = ROUTER,
     ):
-        self.scaling = {"small": PoolScaling(**(small or {})), "large": PoolScaling(**(large or {}))}
+        self.scaling = {"small": pool_scaling("small", small), "large": pool_scaling("large", large)}
         self.pools = dict(pools or POOLS)
         self.router = router
         self.states = {pool: PoolState() for pool in self.scaling}

@@ -17,6 +17,12 @@ the per-token latency target, and by Little's law
 The curve is fitted from what replicas measure over windows of busy time (:class:`Observation`:
 mean concurrency and per-token latency); the autoscaler (:mod:`glimp_ray.autoscaling`) and the
 planner (:mod:`glimp_ray.planner`) share it.
+
+Live reports bunch at one concurrency (a steady pool runs where its count puts it), so they
+cannot tell a slope. :func:`refine` keeps a prior in the fit (a measured profile's curve, or
+without one a conservative slope of ``PRIOR_SLOPE_RATIO`` × base) and lets reports move the slope
+only as far as reports at clearly different concurrencies support it: bunched reports never turn
+it to 0 ("batching is free").
 """
 
 from __future__ import annotations
@@ -110,6 +116,87 @@ class BatchingCurve:
             slope = mean_l / mean_b
             base = mean_l - slope * (mean_b - 1.0)
         return cls(base_s=base, slope_s=slope)
+
+
+PRIOR_SLOPE_RATIO = 0.25  # without a profile: each extra request adds a quarter of a lone one's time
+
+
+@dataclass(frozen=True)
+class CurveEstimate:
+    """A batching curve and how sure its slope is (standard deviation relative to the slope)."""
+
+    curve: BatchingCurve
+    slope_sd: float
+
+
+def refine(
+    observations: Sequence[Observation],
+    prior: BatchingCurve | None = None,
+    *,
+    prior_sd: float = 0.5,
+    noise: float = 0.1,
+    slope_floor: float = 0.25,
+) -> CurveEstimate | None:
+    """The batching curve from a prior and operating points; ``None`` with neither.
+
+    ``observations`` are operating points: reports averaged by something the noise does not
+    touch (the autoscaler keys them by replica count). Grouping raw reports by their own noisy
+    concurrency would make spread out of noise, and noise in the concurrency alone (with none in
+    the latency) pulls a least-squares slope toward 0.
+
+    The slope is the precision-weighted mean of the prior's slope (relative standard deviation
+    ``prior_sd``) and the least-squares slope through the operating points (each report's latency
+    off by ``noise`` relative): reports at one operating point leave the prior's slope as it
+    is, reports at clearly different ones take over. The slope never falls below ``slope_floor``
+    × the prior's. The level comes from the reports (the line passes through their weighted
+    mean): it is what this pool runs at now. Without a prior curve (no profile), the prior
+    slope is ``PRIOR_SLOPE_RATIO`` × the base the reports imply at that slope: a conservative
+    guess, as more slope plans more replicas for a latency target relative to the base.
+    """
+    if not observations:
+        return None if prior is None else CurveEstimate(prior, prior_sd)
+    points = observations
+    total = sum(p.weight for p in points)
+    mean_b = sum(p.weight * p.concurrency for p in points) / total
+    mean_l = sum(p.weight * p.latency_s for p in points) / total
+    if prior is not None and prior.slope_s > 0:
+        prior_slope = prior.slope_s
+    else:
+        prior_slope = PRIOR_SLOPE_RATIO * mean_l / (1.0 + PRIOR_SLOPE_RATIO * (mean_b - 1.0))
+    spread = sum(p.weight * (p.concurrency - mean_b) ** 2 for p in points)
+    data_precision = spread / (noise * mean_l) ** 2
+    prior_precision = 1.0 / (prior_sd * prior_slope) ** 2
+    slope = prior_slope
+    if spread > 0:
+        data_slope = sum(p.weight * (p.concurrency - mean_b) * (p.latency_s - mean_l) for p in points) / spread
+        slope = (data_precision * data_slope + prior_precision * prior_slope) / (data_precision + prior_precision)
+    slope = max(slope, slope_floor * prior_slope)
+    slope_sd = 1.0 / math.sqrt(data_precision + prior_precision) / slope
+    base = mean_l - slope * (mean_b - 1.0)
+    if base < 0.05 * mean_l:  # a steep line through noisy points: keep it through the mean, positive at 1
+        base = 0.05 * mean_l
+        slope = (mean_l - base) / (mean_b - 1.0)
+    return CurveEstimate(BatchingCurve(base_s=base, slope_s=slope), slope_sd)
+
+
+def planned_concurrency(curve: BatchingCurve, latency_target_s: float, max_concurrency: float) -> float:
+    """``b*``: the mean requests a replica may run so that a call arriving at random sees
+    ``ℓ(1 + b*) ≤ latency_target_s`` and finds a free batch slot (``1 + b* ≤ max_concurrency``).
+
+    At least 0.5: where even a lone call misses the target, calls are spread as thin as that.
+    """
+    room = max_concurrency - 1.0
+    if curve.slope_s > 0:
+        room = min(room, (latency_target_s - curve.base_s) / curve.slope_s)
+    elif curve.base_s > latency_target_s:
+        room = 0.0
+    return max(room, 0.5)
+
+
+def replicas_seen(demand: float, curve: BatchingCurve, concurrency: float) -> float:
+    """Replicas (unrounded) at which ``demand`` tokens/s arriving at random make each replica run
+    ``concurrency`` requests on average (Little's law: ``b = x × ℓ(1 + b)``)."""
+    return demand * curve.latency_seen(concurrency) / concurrency
 
 
 def replicas_for(demand: float, curve: BatchingCurve, target_concurrency: float) -> float:

@@ -124,21 +124,70 @@ def test_router_user_config_changes_routing_and_rejects_bad_input() -> None:
     assert router.collab.params.threshold == 0.1  # a rejected config changes nothing
 
 
-def test_batching_reports_size_the_pool_by_concurrency() -> None:
-    # The large replica reports it ran 4 calls at once at 20 ms per token (200 tokens/s while
-    # busy) and may run 16: with a flat curve b* = 16, 3200 tokens/s per replica. The large
-    # pool's demand is 2 req/s x 300 tokens x 0.5 = 300 tokens/s: one replica, not the 6 that
-    # the busy-time rate at 50% would ask for.
-    policy = RoutingRatioPolicy(
-        small={"target_utilization": 0.5, "smoothing_s": 0}, large={"target_utilization": 0.5, "smoothing_s": 0}
-    )
+def batching_contexts() -> dict[Any, Any]:
+    """The large replicas report 4 calls at once while busy at 20 ms per token; they may run 16."""
     ctxs = contexts(0.5, large_replicas=2)
     large = next(ctx for ctx in ctxs.values() if ctx.deployment_name == "LargePool")
-    ids = large.running_replicas
     for metric, value in {"concurrency": 4.0, "latency_s": 0.02, "max_concurrency": 16.0}.items():
-        large.aggregated_metrics[metric] = dict.fromkeys(ids, value)
-    decisions, state = policy(ctxs)
-    assert by_name(decisions)["LargePool"] == 1
+        large.aggregated_metrics[metric] = dict.fromkeys(large.running_replicas, value)
+    return ctxs
+
+
+def test_batching_reports_size_the_pool_by_concurrency() -> None:
+    # One report cannot tell the slope. Without a profile the prior is conservative: each extra
+    # call adds a quarter of a lone one's time, so ℓ(4) = 20 ms puts the base at 11.4 ms, the
+    # target (2 x base) at 22.9 ms, and a call arriving at random sees the target at b* = 4
+    # others: 300 tokens/s x 22.9 ms / 4 = 1.71 replicas. The old fit took the slope as 0 here
+    # and planned 16 calls per replica.
+    policy = RoutingRatioPolicy(small={"smoothing_s": 0}, large={"smoothing_s": 0})
+    decisions, state = policy(batching_contexts())
     large_state = next(s for dep, s in state.items() if dep.name == "LargePool")
-    assert large_state["target_concurrency"] == 16
-    assert large_state["desired"] == pytest.approx(300 / (16 / 0.02))
+    assert large_state["target_concurrency"] == pytest.approx(4.0)
+    assert large_state["desired"] == pytest.approx(300 * (2 * 0.02 / 1.75) / 4)
+    assert by_name(decisions)["LargePool"] == 2
+
+
+def write_profile(path: Any, decode_s: dict[int, float], max_concurrency: int = 16) -> str:
+    from glimp_ray.profile import EngineProfile
+
+    EngineProfile(
+        model="demo-large",
+        engine="hf",
+        dtype="float32",
+        accelerator="cpu:test",
+        decode_s=decode_s,
+        prefill_s_per_token=0.001,
+        glimpse_s=0.01,
+        kv_bytes_per_token=1000,
+        kv_budget_bytes=10_000_000,
+        max_concurrency=max_concurrency,
+    ).save(path)
+    return str(path)
+
+
+def test_a_profile_is_the_prior_from_the_first_window(tmp_path: Any) -> None:
+    # The measured curve: 10 ms alone, +0.5 ms per extra call. Target 20 ms: b* = 15 others
+    # (a free slot of 16), 300 tokens/s x 17.5 ms / 15 = 0.35 replicas: one.
+    profile = write_profile(tmp_path / "large.json", {1: 0.010, 2: 0.0105, 4: 0.0115, 8: 0.0135, 16: 0.0175})
+    policy = RoutingRatioPolicy(small={"smoothing_s": 0}, large={"smoothing_s": 0, "profile": profile})
+    assert policy.scaling["large"].profile is not None
+    decisions, state = policy(contexts(0.5, large_replicas=2))  # no batching report yet
+    large_state = next(s for dep, s in state.items() if dep.name == "LargePool")
+    assert large_state["target_concurrency"] == pytest.approx(15.0)
+    assert large_state["desired"] == pytest.approx(300 * 0.0175 / 15)
+    assert by_name(decisions)["LargePool"] == 1
+    # The KV budget at 1,000 tokens of context holds 10 calls: b* = 9, ℓ(10) = 14.5 ms.
+    kv = RoutingRatioPolicy(large={"smoothing_s": 0, "profile": profile, "context_tokens": 1000})
+    _, state = kv(contexts(0.5, large_replicas=2))
+    large_state = next(s for dep, s in state.items() if dep.name == "LargePool")
+    assert large_state["target_concurrency"] == pytest.approx(9.0)
+    assert large_state["desired"] == pytest.approx(300 * 0.0145 / 9)
+
+
+def test_a_bad_profile_is_one_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"policy_kwargs\.large\.profile: profile not found: .*missing\.json"):
+        RoutingRatioPolicy(large={"profile": str(tmp_path / "missing.json")})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"policy_kwargs\.small\.profile: .*bad\.json: not a glimp-ray profile"):
+        RoutingRatioPolicy(small={"profile": str(bad)})
