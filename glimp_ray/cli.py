@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("config", help="Serve config (configs/*.yaml), a RayService manifest, or an in-process config")
     ck.add_argument("--cluster", help="KubeRay RayService/RayCluster or Ray cluster launcher YAML")
     ck.add_argument("--dockerfile", help="the image's Dockerfile (default: the one beside the manifest)")
+    pr = commands.add_parser("profile", help="measure one pool's engine profile here (batching curve, prefill, KV)")
+    pr.add_argument("--config", required=True, help="YAML config describing both models (in-process or Serve)")
+    pr.add_argument("--pool", required=True, choices=("small", "large"), help="which model to profile")
+    pr.add_argument("--out", help="write the profile's JSON here (default: print it)")
+    pr.add_argument("--max-concurrency", type=int, help="highest concurrency measured (default: max_running)")
+    pr.add_argument("--tokens", type=int, default=64, help="tokens each measured call generates")
     return parser
 
 
@@ -351,6 +357,24 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(report.errors for report in reports) else 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from glimp_ray.profiling import profile_pool
+
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ValueError("--max-concurrency must be >= 1")
+    if args.tokens < 2:
+        raise ValueError("--tokens must be >= 2")
+    model = getattr(_load(args.config), args.pool)
+    profile = profile_pool(model, args.max_concurrency, args.tokens)
+    if args.out:
+        profile.save(args.out)
+        curve = ", ".join(f"{b}: {s * 1000:.2f}" for b, s in sorted(profile.decode_s.items()))
+        print(f"{args.out}: {profile.model} on {profile.accelerator}, ms/token by concurrency {{{curve}}}")
+    else:
+        print(json.dumps(profile.to_dict(), indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -366,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "profile":
+            return _profile(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -73,3 +73,16 @@ def test_generate_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[st
     path.write_text(f"small: {{model: '{tmp_path}/nope'}}\nlarge: {{model: '{tmp_path}/nope'}}\n")
     assert main(["generate", "--config", str(path), "hi"]) == 2
     assert "cannot load model" in capsys.readouterr().err
+
+
+def test_profile_writes_a_profile(config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from glimp_ray.profile import EngineProfile
+
+    out = tmp_path / "small.json"
+    args = ["profile", "--config", str(config_file), "--pool", "small", "--max-concurrency", "2", "--tokens", "6"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    profile = EngineProfile.load(out)
+    assert sorted(profile.decode_s) == [1, 2] and profile.max_concurrency == 2
+    assert main([*args[:-2], "--tokens", "1"]) == 2
+    assert "--tokens must be >= 2" in capsys.readouterr().err
