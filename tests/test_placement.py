@@ -315,3 +315,11 @@ def test_cli_prints_bad_gpus_files_without_a_traceback(tmp_path: Path, capsys: p
     assert main(["plan", "--traces", str(traces), "--rps", "1", "--gpus", str(bad)]) == 2
     assert "--gpus needs --slo-p95" in capsys.readouterr().err
 
+
+def test_the_example_gpus_file_loads() -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "gpus.example.yaml"
+    parsed, base = load_gpus(path)
+    options = pool_options(parsed, base, path)
+    assert {o.gpu for o in options["large"]} and {o.gpu for o in options["small"]}
+    assert all(o.placeholder_price for opts in options.values() for o in opts)
+    assert {e.name for e in parsed.gpus} == {"L4", "A10G", "A100-80GB", "H100"}
