@@ -62,7 +62,8 @@ def format_plan(report: dict[str, Any]) -> str:
         c = curves[pool]
         return (
             f"{pool} {c['base_s'] * 1000:.2f} ms/token + {c['slope_s'] * 1000:.3f} ms per extra call "
-            f"(from {c['source']}; ≤ {cap[pool]} calls at once; target {target[pool] * 1000:.2f} ms)"
+            f"({'fitted from the traces' if c['source'] == 'traces' else 'profile of ' + c['source']}; "
+            f"≤ {cap[pool]} calls at once; target {target[pool] * 1000:.2f} ms)"
         )
 
     lines = [
