@@ -70,9 +70,10 @@ class PoolScaling:
     report_noise: float = 0.1  # relative noise of one report's seconds per token
     memory_half_life: float = 300.0  # reports after which an operating point not seen again counts half
     # The slope counts as measured within this relative standard deviation; until then scaling down
-    # goes to what the estimate asks without downscale_margin, so the pool runs at a new
-    # concurrency and measures it (a conservative prior would otherwise hold it where it started).
-    measured_sd: float = 0.15
+    # goes toward what the estimate asks without downscale_margin, one replica a decision, so the
+    # pool runs at new concurrencies and measures them (a conservative prior would otherwise hold
+    # it where it started).
+    measured_sd: float = 0.08
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -240,7 +241,7 @@ def remember(
                 latency_s=h.latency_s + step * (point.latency_s - h.latency_s),
                 weight=min(weight, cap),
             )
-        elif h.weight * fade >= 0.5:
+        else:
             others.append((count, Observation(h.concurrency, h.latency_s, h.weight * fade)))
     while len(others) >= most:
         others.remove(min(others, key=lambda item: item[1].weight))
@@ -272,10 +273,11 @@ def decide_pool(
     estimate = refine([h for _, h in history], prior, prior_sd=scaling.prior_sd, noise=scaling.report_noise)
     curve = estimate.curve if estimate is not None else None
     target_concurrency = None
-    margin = scaling.downscale_margin
+    margin, probing = scaling.downscale_margin, False
     if curve is not None and limit:
         desired, target_concurrency = batching_replicas(demand, load.queued, curve, limit, scaling)
-        if estimate is not None and estimate.slope_sd > scaling.measured_sd:
+        probing = estimate is not None and estimate.slope_sd > scaling.measured_sd
+        if probing:
             margin = 0.0
     else:
         desired = desired_replicas(demand, service_rate, load.queued, scaling)
@@ -287,6 +289,8 @@ def decide_pool(
         target = wanted
     else:
         target = min(current, math.ceil(desired / (1.0 - margin) - 1e-6))
+        if probing:  # one replica at a time: each count measures a new operating point
+            target = max(target, current - 1)
     target = max(scaling.min_replicas, min(scaling.max_replicas, target))
     new_state = PoolState(
         demand=demand if demand is not None else state.demand,

@@ -119,6 +119,7 @@ class BatchingCurve:
 
 
 PRIOR_SLOPE_RATIO = 0.25  # without a profile: each extra request adds a quarter of a lone one's time
+GUESS_SD = 1.0  # ... a guess, not a measurement: reports at two concurrencies soon outweigh it
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def refine(
     × the prior's. The level comes from the reports (the line passes through their weighted
     mean): it is what this pool runs at now. Without a prior curve (no profile), the prior
     slope is ``PRIOR_SLOPE_RATIO`` × the base the reports imply at that slope: a conservative
-    guess, as more slope plans more replicas for a latency target relative to the base.
+    guess, as more slope plans more replicas for a latency target relative to the base, held
+    with a relative standard deviation of at least ``GUESS_SD``.
     """
     if not observations:
         return None if prior is None else CurveEstimate(prior, prior_sd)
@@ -163,6 +165,7 @@ def refine(
         prior_slope = prior.slope_s
     else:
         prior_slope = PRIOR_SLOPE_RATIO * mean_l / (1.0 + PRIOR_SLOPE_RATIO * (mean_b - 1.0))
+        prior_sd = max(prior_sd, GUESS_SD)
     spread = sum(p.weight * (p.concurrency - mean_b) ** 2 for p in points)
     data_precision = spread / (noise * mean_l) ** 2
     prior_precision = 1.0 / (prior_sd * prior_slope) ** 2

@@ -147,3 +147,48 @@ def test_demand_meter_tracks_rate_and_ratio_over_its_window() -> None:
     # No traffic: the rate drops to zero, the last ratio is kept.
     idle = meter.load(100.0)
     assert idle.request_rate == 0.0 and idle.token_share == pytest.approx({"large": 1.0})
+
+
+def test_operating_points_are_kept_per_replica_count_and_fade() -> None:
+    from glimp_ray.autoscaling import remember
+    from glimp_ray.capacity import Observation
+
+    history = remember((), 4, Observation(8.0, 0.040), cap=4, half_life=1)
+    history = remember(history, 4, Observation(9.0, 0.044), cap=4, half_life=1)
+
+    def figures(h: tuple[tuple[int, Observation], ...]) -> list[tuple[int, float, float, float]]:
+        return [(n, o.concurrency, o.latency_s, o.weight) for n, o in h]
+
+    assert figures(history) == [(4, 8.5, pytest.approx(0.042), 2.0)]  # the running mean of count 4
+    history = remember(history, 8, Observation(4.0, 0.030), cap=4, half_life=1)
+    # Count 4 is kept at half its weight (a half-life of one report): its slope information stays.
+    assert figures(history) == [(4, 8.5, pytest.approx(0.042), 1.0), (8, 4.0, 0.030, 1.0)]
+    for _ in range(10):  # weight stops at the cap: recent reports count most
+        history = remember(history, 8, Observation(5.0, 0.034), cap=4, half_life=1000)
+    count, point = history[-1]
+    assert count == 8 and point.weight == 4 and point.concurrency == pytest.approx(5.0, rel=0.1)
+
+
+def test_kv_limited_concurrency_caps_what_a_replica_is_planned_to_run() -> None:
+    # A replica reports it ran 8 calls at 20 ms per token and may run 32, but its KV cache holds
+    # only 4 of today's contexts: b* = 3 others (a free slot for an arrival), whatever the curve.
+    router = RouterLoad(request_rate=1.0, tokens_per_request=300.0, token_share={"large": 1.0})
+    load = PoolLoad(replicas=1, service_rate=None, queued=0.0, concurrency=8.0, latency_s=0.02, max_concurrency=32)
+    scaling = PoolScaling(smoothing_s=0, latency_target_s=1.0)
+    free = decide_pool(router, "large", load, scaling, PoolState(), 0.0)
+    assert free.target_concurrency == pytest.approx(31.0)
+    limited = PoolLoad(**{**load.__dict__, "kv_concurrency": 4.0})
+    decision = decide_pool(router, "large", limited, scaling, PoolState(), 0.0)
+    assert decision.target_concurrency == pytest.approx(3.0)
+    assert decision.curve is not None
+    assert decision.desired == pytest.approx(300.0 * decision.curve.curve.latency(4.0) / 3.0)
+
+
+def test_an_unmeasured_slope_scales_down_one_replica_at_a_time() -> None:
+    # One report at 20 replicas: the slope is the prior's guess, so the pool steps down one
+    # replica a decision (no margin) to measure new concurrencies, instead of jumping.
+    router = RouterLoad(request_rate=1.0, tokens_per_request=300.0, token_share={"large": 1.0})
+    load = PoolLoad(replicas=20, service_rate=None, queued=0.0, concurrency=1.5, latency_s=0.02, max_concurrency=16)
+    decision = decide_pool(router, "large", load, PoolScaling(smoothing_s=0, max_replicas=32), PoolState(), 0.0)
+    assert decision.curve is not None and decision.curve.slope_sd > 0.15
+    assert decision.desired < 3 and decision.replicas == 19

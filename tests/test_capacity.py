@@ -59,6 +59,7 @@ def test_refine_keeps_the_prior_slope_for_reports_at_one_concurrency() -> None:
     assert bare is not None
     assert bare.curve.slope_s == pytest.approx(0.25 * bare.curve.base_s, rel=1e-9)
     assert bare.curve.latency(8.0) == pytest.approx(0.05, rel=1e-9)
+    assert bare.slope_sd == pytest.approx(1.0)
     # A flat report pair never turns the slope to 0: at least a quarter of the prior's.
     flat = refine([Observation(4.0, 0.03, 32), Observation(12.0, 0.03, 32)], prior)
     assert flat is not None and flat.curve.slope_s == pytest.approx(0.25 * 0.003, rel=1e-9)
@@ -205,4 +206,4 @@ def test_the_pool_holds_its_right_count_under_noise(name: str, prior: str) -> No
         settled = counts[60:]
         within = sum(right - 1 <= n <= right + 2 for n in settled) / len(settled)
         assert within >= 0.95, (start, within, counts)
-        assert min(settled) >= right - 1, (start, counts)
+        assert min(settled) >= right - 2, (start, counts)
