@@ -71,6 +71,7 @@ def pool_load(ctx: Any) -> PoolLoad:
     """A pool's replicas' reports: mean service rate and batching point, total queue (engines plus
     handle queues)."""
     max_concurrency = _values(ctx, "max_concurrency")
+    kv_concurrency = [v for v in _values(ctx, "kv_concurrency") if v > 0]
     return PoolLoad(
         replicas=ctx.target_num_replicas,
         service_rate=_mean([r for r in _values(ctx, "service_rate") if r > 0]),
@@ -78,6 +79,7 @@ def pool_load(ctx: Any) -> PoolLoad:
         concurrency=_mean(_values(ctx, "concurrency")),
         latency_s=_mean([v for v in _values(ctx, "latency_s") if v > 0]),
         max_concurrency=min(max_concurrency) if max_concurrency else None,
+        kv_concurrency=min(kv_concurrency) if kv_concurrency else None,  # reported by a replica, where it does
     )
 
 
