@@ -8,11 +8,17 @@ running at once:
     throughput          T(b) = b / ℓ(b)                        tokens/s the replica writes
 
 So a replica's tokens per *busy* second is not a constant: it grows with concurrency until the
-forwards get slow. A pool is sized for each replica to run at its target concurrency ``b*``, the
-largest ``b`` within ``max_concurrency`` (``max_running`` / ``max_num_seqs``) whose ``ℓ(b)`` meets
-the per-token latency target, and by Little's law
+forwards get slow. Calls arrive at random, so a call finds the ``b`` others a replica runs on
+average and sees ``ℓ(1 + b)`` (:meth:`BatchingCurve.latency_seen`). A pool is sized for each
+replica to run ``b*`` on average (:func:`planned_concurrency`): the largest ``b`` whose
+``ℓ(1 + b)`` meets the per-token latency target and whose ``1 + b`` fits ``max_concurrency``
+(``max_running`` / ``max_num_seqs``, or what the KV budget holds); by Little's law
+(:func:`replicas_seen`)
 
-    replicas = demand × ℓ(b*) / b*        (demand in tokens/s)
+    replicas = demand × ℓ(1 + b*) / b*        (demand in tokens/s)
+
+(:meth:`BatchingCurve.target_concurrency` and :func:`replicas_for` are the older rule, every
+replica running exactly ``b*``, kept for the planner.)
 
 The curve is fitted from what replicas measure over windows of busy time (:class:`Observation`:
 mean concurrency and per-token latency); the autoscaler (:mod:`glimp_ray.autoscaling`) and the
