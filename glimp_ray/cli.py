@@ -358,13 +358,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from glimp_ray.profiling import profile_pool
+    from glimp_ray.profiling import pool_model, profile_pool
 
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError("--max-concurrency must be >= 1")
     if args.tokens < 2:
         raise ValueError("--tokens must be >= 2")
-    model = getattr(_load(args.config), args.pool)
+    model = pool_model(args.config, args.pool)
     profile = profile_pool(model, args.max_concurrency, args.tokens)
     if args.out:
         profile.save(args.out)

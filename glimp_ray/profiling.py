@@ -18,11 +18,13 @@ import re
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from glimp_ray.config import ModelConfig
+from glimp_ray.config import ConfigError, GlimpConfig, ModelConfig, load_config, parse_config
 from glimp_ray.profile import EngineProfile
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
 
@@ -134,6 +136,24 @@ async def measure(
     }
 
 
+def pool_model(path: str, pool: str) -> ModelConfig:
+    """A pool's model from an in-process config, or from a Serve config's application ``args``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        data = None  # load_config says what is wrong
+    if isinstance(data, dict) and "applications" in data:
+        for app in data["applications"] or []:
+            args = app.get("args") if isinstance(app, dict) else None
+            if isinstance(args, dict):
+                known = {key: value for key, value in args.items() if key in GlimpConfig.model_fields}
+                config: GlimpConfig = parse_config(known, f"{path}: application {app.get('name')!r} args")
+                return config.small if pool == "small" else config.large
+        raise ConfigError(f"{path}: no application with args describing the models")
+    config = load_config(path)
+    return config.small if pool == "small" else config.large
+
+
 def profile_pool(
     model: ModelConfig, max_concurrency: int | None = None, tokens: int = 64, repeats: int = 3
 ) -> EngineProfile:
@@ -149,6 +169,7 @@ def profile_pool(
         figures = asyncio.run(measure(engine, most, tokens, repeats))
         elapsed = time.monotonic() - started
         device = next(engine.model.parameters()).device
+        stand_in = {"stand_in": model.stand_in} if model.stand_in else {}  # measured: the stand-in, not the model
         return EngineProfile(
             model=served.name or engine.name,
             engine="hf",
@@ -173,10 +194,11 @@ def profile_pool(
                 ),
                 "mean_tokens_per_call": {str(b): round(t, 1) for b, t in figures["mean_tokens"].items()},
                 "seconds": round(elapsed, 1),
+                **stand_in,
             },
         )
     finally:
         engine.close()
 
 
-__all__ = ["accelerator_of", "concurrencies", "measure", "profile_pool", "ray_accelerator_name"]
+__all__ = ["accelerator_of", "concurrencies", "measure", "pool_model", "profile_pool", "ray_accelerator_name"]

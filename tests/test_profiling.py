@@ -103,3 +103,19 @@ def test_a_real_engine_profile(tiny_pair: tuple[Path, Path]) -> None:
     assert "8 sampled tokens" in p.notes["method"]
     with pytest.raises(ValueError, match="measures the hf engine"):
         profile_pool(ModelConfig(model=str(small), engine="vllm"))
+
+
+def test_a_pool_is_read_from_an_in_process_or_a_serve_config(tmp_path: Path) -> None:
+    from glimp_ray.config import ConfigError
+    from glimp_ray.profiling import pool_model
+
+    root = Path(__file__).parent.parent / "configs"
+    assert pool_model(str(root / "demo-local.yaml"), "small").model.endswith("small")
+    assert pool_model(str(root / "demo.yaml"), "large").model.endswith("large")  # Serve: the app's args
+    assert pool_model(str(root / "r1-1.5b-r1-32b.yaml"), "large").model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+    empty = tmp_path / "serve.yaml"
+    empty.write_text("applications: [{name: x, import_path: a:b}]\n")
+    with pytest.raises(ConfigError, match="no application with args"):
+        pool_model(str(empty), "small")
+    with pytest.raises(ConfigError, match="config file not found"):
+        pool_model(str(tmp_path / "missing.yaml"), "small")
