@@ -126,7 +126,12 @@ class TruePool:
 
 def run_loop(pool: TruePool, start: int, scaling: PoolScaling, windows: int = 600, seed: int = 0) -> list[int]:
     """Replica counts, one per window: each window the pool reports what ``n`` replicas of the true
-    curve measure (±5% noise on every figure) and the policy's count takes effect for the next."""
+    curve measure (±5% noise on every figure) and the policy's count takes effect for the next.
+
+    What a replica's meter measures: mean calls running while busy, ``1 + b`` under processor
+    sharing (``b`` the time-average from :meth:`TruePool.others_running`), and the seconds per
+    token a call saw there, ``latency(1 + b)``. Past the max concurrency every replica runs full
+    batches and the rest waits, a backlog that drains once the pool has spare capacity."""
     rng = random.Random(seed)
 
     def noisy(value: float) -> float:
