@@ -1,0 +1,104 @@
+"""One replica of a pool: a batch in which every running call advances together.
+
+With ``b`` calls in the batch, each decoding call writes one token every ``ℓ(b)`` seconds (the
+profile's :meth:`~glimp_ray.profile.EngineProfile.latency`): processor sharing with a rate that
+depends on ``b``. A call first spends a fixed time in the batch (prefill of its unseen tokens and,
+if it has one, its glimpse), counted in ``b`` but not decoding. Tokens are not events: the
+replica keeps a virtual clock ``V`` (tokens each decoding call has written since the replica
+started) and each call finishes at ``V = V_start + tokens``; only a change of ``b`` or the next
+finish is a SimPy event, and the finish time is recomputed whenever ``b`` changes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING
+
+import simpy
+
+if TYPE_CHECKING:
+    from glimp_ray.sim.pool import Pool
+
+_EPS = 1e-9
+
+
+class Replica:
+    """A batch of at most ``max_concurrency`` calls; the counters feed the autoscaler's reports."""
+
+    def __init__(self, env: simpy.Environment, pool: Pool, index: int) -> None:
+        self.env = env
+        self.pool = pool
+        self.index = index
+        self.profile = pool.spec.profile
+        self.max_concurrency = pool.max_concurrency
+        self.state = "starting"  # starting | running | draining | stopped
+        self.ongoing = 0  # calls given to this replica and not finished (batch + fixed phase)
+        self.queue: deque[simpy.Event] = deque()  # calls waiting for this replica (session affinity)
+        self._batch = 0  # calls in the batch: fixed phase + decoding
+        self._finishes: list[tuple[float, int, simpy.Event]] = []  # (V at finish, seq, event)
+        self._v = 0.0
+        self._last = env.now
+        self._generation = 0
+        self._seq = itertools.count()
+        self._latency = self.profile.latency(1.0)
+
+    @property
+    def free(self) -> bool:
+        return self.state == "running" and self.ongoing < self.max_concurrency
+
+    def _advance(self) -> None:
+        now = self.env.now
+        dt = now - self._last
+        if dt > 0 and self._batch:
+            decoding = len(self._finishes)
+            stats = self.pool.stats
+            stats.busy_s += dt
+            stats.batch_area += self._batch * dt
+            if decoding:
+                self._v += dt / self._latency
+                stats.decode_area += decoding * dt
+                stats.tokens += decoding * dt / self._latency
+        self._last = now
+
+    def _resize(self, delta: int) -> None:
+        self._advance()
+        self._batch += delta
+        self._latency = self.profile.latency(max(self._batch, 1))
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        self._generation += 1
+        if not self._finishes:
+            return
+        wait = max((self._finishes[0][0] - self._v) * self._latency, 0.0)
+        generation = self._generation
+        self.env.timeout(wait).callbacks.append(lambda _: self._tick(generation))
+
+    def _tick(self, generation: int) -> None:
+        if generation != self._generation:
+            return  # b changed since: a newer finish time was scheduled
+        self._advance()
+        done = 0
+        while self._finishes and self._finishes[0][0] <= self._v + _EPS:
+            _, _, event = heapq.heappop(self._finishes)
+            event.succeed()
+            done += 1
+        self._batch -= done
+        self._latency = self.profile.latency(max(self._batch, 1))
+        self._reschedule()
+
+    def run(self, fixed_s: float, tokens: int) -> simpy.events.ProcessGenerator:
+        """Run one call on this replica (its slot already taken); returns when it finished."""
+        self._resize(+1)
+        if fixed_s > 0:
+            yield self.env.timeout(fixed_s)
+        if tokens > 0:
+            self._advance()
+            finished = self.env.event()
+            heapq.heappush(self._finishes, (self._v + tokens, next(self._seq), finished))
+            self._reschedule()
+            yield finished
+        else:
+            self._resize(-1)
