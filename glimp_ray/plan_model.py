@@ -11,7 +11,9 @@ The analytic estimate (:class:`Analytic`) is the capacity model of :mod:`glimp_r
 pool's replicas share its tokens/s; a call arriving at random sees the mean number of others
 running, ``b = x × ℓ(1 + b)``, and writes each token in ``ℓ(1 + b)``. A request's latency is the
 router's overhead plus its calls' model time at those latencies (a call traced on the pool it
-runs on keeps its own deviation from the fitted curve). A pool is overloaded when more than
+runs on keeps its own deviation from the fitted curve); with profiles, the calls are the ones the
+simulator runs (a glimpse before every step, the prefill of what a session has not seen). A
+pool is overloaded when more than
 :data:`FULL_BATCH_PROBABILITY` of its calls would arrive to a full batch (the running calls taken
 as Poisson around ``b``): well before 100% of the batch slots, where calls start to queue.
 It is fast and is what the searches of :mod:`glimp_ray.plan_search` walk; the simulator
@@ -207,11 +209,23 @@ class Analytic:
 
     def __init__(self, workload: Workload, pools: Mapping[str, PoolModel]) -> None:
         self.workload, self.pools = workload, dict(pools)
-        # A request's latency is overhead + Σ_pool weight[pool] × (seconds per token seen there).
+        # A request's latency is overhead + fixed + Σ_pool weight[pool] × (seconds per token seen
+        # there); a pool's demand is its tokens a request plus its fixed time in lone tokens' worth.
+        if any(p.from_trace for p in self.pools.values()):
+            weights, fixed = self._traced_calls()
+            demand = {p: workload.tokens[p] for p in workload.pools}
+        else:
+            weights, fixed, demand = self._simulated_calls()
+        self._weights = {p: np.array([w[p] for w in weights]) for p in workload.pools}
+        self._fixed = np.array(fixed)
+        self._demand = demand
+
+    def _traced_calls(self) -> tuple[list[dict[str, float]], list[float]]:
+        """Each traced call's model time, rescaled along its pool's curve (glimpses included)."""
         weights: list[dict[str, float]] = []
         small = self.pools.get("small")
-        for calls in workload.routed:
-            weight = dict.fromkeys(workload.pools, 0.0)
+        for calls in self.workload.routed:
+            weight = dict.fromkeys(self.workload.pools, 0.0)
             for c in calls:
                 pool = self.pools[c.route]
                 if pool.from_trace and c.route == c.call.route and c.call.model_s > 0:
@@ -222,7 +236,30 @@ class Analytic:
                     glimpse = c.glimpse_model_s if small.from_trace else small.profile.glimpse_s
                     weight["small"] += glimpse / small.profile.latency(1.0)
             weights.append(weight)
-        self._weights = {p: np.array([w[p] for w in weights]) for p in workload.pools}
+        return weights, [0.0] * len(weights)
+
+    def _simulated_calls(self) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
+        """The calls as the simulator runs them (:func:`glimp_ray.sim.workload.replay`): a glimpse
+        before every step the small model writes or hands over, each call's prefill of what its
+        session has not seen, all at the profiles' costs."""
+        from glimp_ray.sim.workload import replay
+
+        weights: list[dict[str, float]] = []
+        fixed: list[float] = []
+        busy = dict.fromkeys(self.workload.pools, 0.0)
+        for request in self.workload.requests:
+            weight = dict.fromkeys(self.workload.pools, 0.0)
+            seconds = 0.0
+            for call in replay(request, list(self.workload.pools), self.workload.threshold).calls:
+                profile = self.pools[call.pool].profile
+                weight[call.pool] += call.tokens
+                extra = profile.glimpse_s * call.glimpse + profile.prefill_s_per_token * call.prefill_tokens
+                seconds += extra
+                busy[call.pool] += call.tokens + extra / profile.latency(1.0)
+            weights.append(weight)
+            fixed.append(seconds)
+        count = len(self.workload.requests)
+        return weights, fixed, {p: busy[p] / count for p in self.workload.pools}
 
     def low(self, max_replicas: int = 10_000) -> dict[str, int]:
         """The fewest replicas per pool that are not overloaded (at least 1)."""
@@ -242,7 +279,7 @@ class Analytic:
         return low
 
     def _concurrency(self, pool: str, replicas: int) -> float:
-        demand = self.workload.rps * self.workload.tokens[pool]
+        demand = self.workload.rps * self._demand[pool]
         if replicas <= 0:
             return math.inf if demand > 0 else 0.0
         return self.pools[pool].curve.concurrency_at(demand, replicas)
@@ -256,7 +293,9 @@ class Analytic:
         full = {p: full_batch_probability(concurrency[p], self.pools[p].concurrency_cap) for p in pools}
         p95 = math.inf
         if all(share <= FULL_BATCH_PROBABILITY for share in full.values()):
-            latencies = sum(self._weights[p] * self.pools[p].profile.latency(1.0 + concurrency[p]) for p in pools)
+            latencies = self._fixed + sum(
+                self._weights[p] * self.pools[p].profile.latency(1.0 + concurrency[p]) for p in pools
+            )
             p95 = self.workload.overhead_s + float(np.percentile(latencies, 95))  # linear, as eval.metrics
         return Estimate({p: replicas[p] for p in pools}, concurrency, full, p95)
 

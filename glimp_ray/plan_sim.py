@@ -31,7 +31,10 @@ def simulator(requests: int = 2000, seed: int = 0) -> Confirmer:
         warmup_s = WARMUP_FRACTION * measured_s
 
         def p95(replicas: Mapping[str, int]) -> float:
-            specs = {p: PoolSpec(pools[p].profile, replicas[p]) for p in workload.pools}
+            specs = {
+                p: PoolSpec(pools[p].profile, replicas[p], max_concurrency=pools[p].concurrency_cap)
+                for p in workload.pools
+            }
             config = SimConfig(
                 requests=workload.requests,
                 pools=specs,

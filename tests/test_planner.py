@@ -300,8 +300,10 @@ def test_profiles_are_the_curves_source() -> None:
     report = plan(requests, 1.0, profiles=profiles)
     assert report["curves"]["large"]["source"] == "flat-0.03" and report["glimpse_model_s"] == pytest.approx(0.002)
     traced = report["plans"][0]
-    # Flat profiles: 20 small tokens x 10 ms + a 2 ms glimpse + 25 large tokens x 30 ms, 0.1 s outside.
-    assert traced["predicted_p95_s"] == pytest.approx(0.1 + 0.2 + 0.002 + 0.75)
+    # Flat profiles, calls as the simulator runs them: each small step is a 2 ms glimpse (its first
+    # token) and 9 tokens x 10 ms; the large step a glimpse on the small pool, then 20 tokens x
+    # 30 ms; the answer 5 x 30 ms; 0.1 s outside the models.
+    assert traced["predicted_p95_s"] == pytest.approx(0.1 + 2 * (0.002 + 0.09) + 0.002 + 0.6 + 0.15)
 
 
 def test_planned_counts_are_the_fewest_the_confirmation_accepts() -> None:
