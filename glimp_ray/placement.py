@@ -12,8 +12,9 @@ is what that memory leaves.
 :func:`plan_placements` tries every pair of options at each τ: the analytic model's cheapest
 counts for each pair (:func:`glimp_ray.plan_search.cheapest`, cost = replicas × GPUs per
 replica × price), then the simulator confirms the cheapest pairs, in that order, until the
-next pair's analytic cost is above the cheapest confirmed one. Large-only (every step and the
-answer on the large model, no small pool) is planned the same way for the same objective.
+next pair's analytic cost is above 1.25 × the cheapest confirmed one (at most four pairs).
+Large-only (every step and the answer on the large model, no small pool) is planned the same
+way for the same objective.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from glimp_ray.profile import EngineProfile
 from glimp_ray.traces import TracedRequest
 
 TENSOR_PARALLEL = (1, 2, 4, 8)
+# Pairs are confirmed, cheapest by the analytic model first, while their analytic cost is below
+# this multiple of the cheapest confirmed one (and at most ``max_confirm`` of them).
+CONFIRM_MARGIN = 1.25
 
 
 class PlacementError(ConfigError):
@@ -340,7 +344,9 @@ def choose(
         return (candidates[0] if candidates else None), candidates
     best: Placement | None = None
     for candidate in candidates[:max_confirm]:
-        if best is not None and candidate.cost_per_hour >= best.cost_per_hour:
+        # The analytic model flags overload earlier than the simulator queues: its counts run a
+        # replica or so above the confirmed ones, so a pair somewhat dearer by it may confirm cheaper.
+        if best is not None and candidate.cost_per_hour >= CONFIRM_MARGIN * best.cost_per_hour:
             break
         pools = {p: PoolModel.of(o.profile, workload) for p, o in candidate.options.items()}
         weights = {p: o.price_per_replica_hour for p, o in candidate.options.items()}

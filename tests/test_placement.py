@@ -323,3 +323,32 @@ def test_the_example_gpus_file_loads() -> None:
     assert {o.gpu for o in options["large"]} and {o.gpu for o in options["small"]}
     assert all(o.placeholder_price for opts in options.values() for o in opts)
     assert {e.name for e in parsed.gpus} == {"L4", "A10G", "A100-80GB", "H100"}
+
+
+def test_the_simulator_confirms_the_chosen_placement(tmp_path: Path) -> None:
+    from glimp_ray.plan_sim import simulator
+
+    options = options_for(tmp_path)
+    workload = Workload.at(workload_requests(), rps=4.0, threshold=1.5, overhead_s=0.05)
+    runs: list[tuple[str, str, dict[str, int], float]] = []
+    simulate = simulator(requests=300, seed=0)
+
+    def recording(w: Workload, pools: Any) -> Any:
+        p95 = simulate(w, pools)
+        names = (pools["small"].profile.accelerator, pools["large"].profile.accelerator)
+
+        def run(counts: Any) -> float:
+            value = p95(counts)
+            runs.append((*names, dict(counts), value))
+            return value
+
+        return run
+
+    chosen, _ = choose(workload, options, 25.0, confirmer=recording)
+    assert chosen is not None and chosen.simulated_p95_s is not None and chosen.simulated_p95_s <= 25.0
+    names = (chosen.options["small"].accelerator_type, chosen.options["large"].accelerator_type)
+    simulated = {tuple(sorted(c.items())): v for s, lg, c, v in runs if (s, lg) == names}
+    for pool in ("small", "large"):
+        fewer = {**chosen.replicas, pool: chosen.replicas[pool] - 1}
+        # One replica fewer in either pool misses the objective in the simulator (or is none).
+        assert fewer[pool] == 0 or simulated[tuple(sorted(fewer.items()))] > 25.0

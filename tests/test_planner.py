@@ -375,3 +375,30 @@ def test_cli_thresholds_take_lists() -> None:
         ["plan", "--traces", "t", "--rps", "1", "--threshold", "0.1,0.5", "--threshold", "1"]
     )
     assert args.threshold == [0.1, 0.5, 1.0]
+
+
+def test_cli_plan_confirms_with_the_simulator_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from glimp_ray.cli import main
+
+    traces = tmp_path / "spans.jsonl"
+    traces.write_text("".join(json.dumps(s) + "\n" for s in batched_trace()))
+    out = tmp_path / "plan"
+    argv = [
+        "plan",
+        "--traces",
+        str(traces),
+        "--rps",
+        "2",
+        "--slo-p95",
+        "1.5",
+        "--sim-requests",
+        "300",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "p95 confirmed by the simulator" in capsys.readouterr().out
+    traced = json.loads((out / "plan.json").read_text())["plans"][0]
+    assert traced["simulated_p95_s"] <= 1.5 and set(traced["one_fewer_p95_s"]) == {"small", "large"}
