@@ -210,10 +210,11 @@ class Analytic:
     def __init__(self, workload: Workload, pools: Mapping[str, PoolModel]) -> None:
         self.workload, self.pools = workload, dict(pools)
         # A request's latency is overhead + fixed + Σ_pool weight[pool] × (seconds per token seen
-        # there); a pool's demand is its tokens a request plus its fixed time in lone tokens' worth.
+        # there); a pool's demand is its tokens a request and its seconds a request that do not
+        # depend on the batch (glimpses, prefills).
         if any(p.from_trace for p in self.pools.values()):
             weights, fixed = self._traced_calls()
-            demand = {p: workload.tokens[p] for p in workload.pools}
+            demand = {p: (workload.tokens[p], 0.0) for p in workload.pools}
         else:
             weights, fixed, demand = self._simulated_calls()
         self._weights = {p: np.array([w[p] for w in weights]) for p in workload.pools}
@@ -238,7 +239,7 @@ class Analytic:
             weights.append(weight)
         return weights, [0.0] * len(weights)
 
-    def _simulated_calls(self) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
+    def _simulated_calls(self) -> tuple[list[dict[str, float]], list[float], dict[str, tuple[float, float]]]:
         """The calls as the simulator runs them (:func:`glimp_ray.sim.workload.replay`): a glimpse
         before every step the small model writes or hands over, each call's prefill of what its
         session has not seen, all at the profiles' costs."""
@@ -246,6 +247,7 @@ class Analytic:
 
         weights: list[dict[str, float]] = []
         fixed: list[float] = []
+        tokens = dict.fromkeys(self.workload.pools, 0.0)
         busy = dict.fromkeys(self.workload.pools, 0.0)
         for request in self.workload.requests:
             weight = dict.fromkeys(self.workload.pools, 0.0)
@@ -255,11 +257,12 @@ class Analytic:
                 weight[call.pool] += call.tokens
                 extra = profile.glimpse_s * call.glimpse + profile.prefill_s_per_token * call.prefill_tokens
                 seconds += extra
-                busy[call.pool] += call.tokens + extra / profile.latency(1.0)
+                tokens[call.pool] += call.tokens
+                busy[call.pool] += extra
             weights.append(weight)
             fixed.append(seconds)
         count = len(self.workload.requests)
-        return weights, fixed, {p: busy[p] / count for p in self.workload.pools}
+        return weights, fixed, {p: (tokens[p] / count, busy[p] / count) for p in self.workload.pools}
 
     def low(self, max_replicas: int = 10_000) -> dict[str, int]:
         """The fewest replicas per pool that are not overloaded (at least 1)."""
@@ -279,10 +282,17 @@ class Analytic:
         return low
 
     def _concurrency(self, pool: str, replicas: int) -> float:
-        demand = self.workload.rps * self._demand[pool]
+        """Mean calls running per replica (Little's law, each token at ``ℓ(1 + b)``):
+        ``b = (x base + y) / (1 − x slope)`` for ``x`` tokens/s and ``y`` fixed seconds/s a replica."""
+        tokens, seconds = self._demand[pool]
         if replicas <= 0:
-            return math.inf if demand > 0 else 0.0
-        return self.pools[pool].curve.concurrency_at(demand, replicas)
+            return math.inf if tokens or seconds else 0.0
+        rate = self.workload.rps / replicas
+        curve = self.pools[pool].curve
+        room = 1 - curve.slope_s * rate * tokens
+        if room <= 0:
+            return math.inf
+        return curve.concurrency_at(rate * tokens, 1) + rate * seconds / room
 
     def _full_batch(self, pool: str, replicas: int) -> float:
         return full_batch_probability(self._concurrency(pool, replicas), self.pools[pool].concurrency_cap)
