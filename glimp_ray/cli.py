@@ -83,10 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--sim-requests", type=int, default=2000, help="simulated arrivals per confirming run")
     pl.add_argument("--seed", type=int, default=0, help="the simulator's seed")
     pl.add_argument(
-        "--latency-slack", type=float, default=2.0, help="per-token latency target as a multiple of a lone call's"
+        "--latency-slack",
+        type=float,
+        default=2.0,
+        help="without --slo-p95: per-token latency target as a multiple of a lone call's",
     )
     pl.add_argument("--latency-target-ms", type=float, help="per-token latency target in ms (instead of the slack)")
-    pl.add_argument("--max-concurrency", type=int, default=32, help="calls one replica runs at once (max_running)")
+    pl.add_argument(
+        "--max-concurrency", type=int, default=32, help="calls a replica runs at once, for curves fitted from traces"
+    )
     pl.add_argument("--out", help="directory for plan.json and plan.png")
     pl.add_argument("--json", action="store_true", help="print machine-readable JSON")
     bt = commands.add_parser("batch", help="run a JSONL/Parquet dataset offline with Ray Data (resumable)")
