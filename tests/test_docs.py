@@ -58,7 +58,7 @@ def test_relative_links_resolve(page: Path) -> None:
         path, _, anchor = target.partition("#")
         resolved = (page.parent / path).resolve() if path else page
         if not resolved.exists():
-            broken.append(f"{target}: no file {resolved.relative_to(ROOT)}")
+            broken.append(f"{target}: no file {os.path.relpath(resolved, ROOT)}")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target}: no heading with anchor #{anchor}")
     assert not broken, f"{page_id(page)}: " + "; ".join(broken)
