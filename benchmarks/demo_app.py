@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "glimp-bench"
-DEMO_TAU = 0.16  # the demo pair's τ, chosen on the validation split (README, "The demo models")
+DEMO_TAU = 0.16  # the demo pair's τ, chosen on the validation split (docs/batch.md, "The demo models")
 
 
 def demo_app_args(

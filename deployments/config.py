@@ -172,7 +172,7 @@ class ServingConfig(StrictModel):
     pool_transport: Literal["grpc", "actor"] = Field(
         "grpc",
         description="How the router calls the pools: gRPC (Serve's throughput-optimized transport, about half an "
-        "actor call's overhead) or Ray actor calls (Serve's default). README: 'Serve settings'.",
+        "actor call's overhead) or Ray actor calls (Serve's default). docs/serving.md: 'Serve settings'.",
     )
     fallback_to_small: bool = Field(
         False, description="When the large pool is unavailable, the small pool writes the step."

@@ -174,7 +174,7 @@ class RoutingConfig(StrictModel):
         description="glimp: this project's loop rules; reference: the paper's reference code's (H >= τ goes large, "
         "a repeat ends the thinking from the 3rd step, every step is followed by the delimiter, the last step is "
         "not clipped to the budget, the answer follows '\\n</think>\\n\\n'). reference sets entropy: topk and "
-        "top_k: 20; other values with it are an error. README: 'The reference preset'.",
+        "top_k: 20; other values with it are an error. docs/routing.md: 'The reference preset'.",
     )
     policy: Literal["entropy", "small", "large", "random"] = Field(
         "entropy", description="entropy (GlimpRouter), small-only, large-only or random baseline."
