@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="write the profile's JSON here (default: print it)")
     pr.add_argument("--max-concurrency", type=int, help="highest concurrency measured (default: max_running)")
     pr.add_argument("--tokens", type=int, default=64, help="tokens each measured call generates")
+    sm = commands.add_parser("simulate", help="simulate the deployment: traced requests on profiled pools, at a load")
+    from glimp_ray.sim.command import add_arguments as simulate_arguments
+
+    simulate_arguments(sm)
     return parser
 
 
@@ -380,6 +384,12 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from glimp_ray.sim.command import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -397,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "profile":
             return _profile(args)
+        if args.command == "simulate":
+            return _simulate(args)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"glimp-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -134,6 +134,7 @@ class _Run:
             duration_s=config.duration_s,
             tokens=dict(self.tokens),
             wall_s=wall_s,
+            mean_s=sum(counted) / len(counted) if counted else math.nan,
         )
 
 

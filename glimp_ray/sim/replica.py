@@ -81,7 +81,9 @@ class Replica:
             return  # b changed since: a newer finish time was scheduled
         self._advance()
         done = 0
-        while self._finishes and self._finishes[0][0] <= self._v + _EPS:
+        now = self.env.now
+        # Done when its remaining time no longer moves the clock (float resolution at ``now``).
+        while self._finishes and now + (self._finishes[0][0] - self._v) * self._latency <= now + _EPS * self._latency:
             _, _, event = heapq.heappop(self._finishes)
             event.succeed()
             done += 1

@@ -53,6 +53,7 @@ class SimResult:
     duration_s: float
     tokens: dict[str, float] = field(default_factory=dict)  # tokens decoded per pool (glimpses not included)
     wall_s: float = 0.0
+    mean_s: float = math.nan  # mean latency after warm-up
 
     @property
     def total_cost(self) -> float:
@@ -71,6 +72,7 @@ class SimResult:
             "p50_s": self.p50_s,
             "p95_s": self.p95_s,
             "p99_s": self.p99_s,
+            "mean_s": self.mean_s,
             "requests": self.requests,
             "arrived": self.arrived,
             "unfinished": self.unfinished,
