@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from cluster.local import add_node_types, gpu_node_shapes
+from tests.deployments.serve_state import deploy_config, replica_nodes, running, wait_for
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -51,42 +51,9 @@ def dry_run_app(config: str, name: str) -> dict[str, Any]:
     return app
 
 
-def deploy(*apps: dict[str, Any]) -> None:
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    serve_start().deploy_apps(ServeDeploySchema.model_validate({"applications": list(apps)}))
-
-
 def app_status(name: str) -> str:
     app = serve.status().applications.get(name)
     return "MISSING" if app is None else str(getattr(app.status, "value", app.status))
-
-
-def running(name: str, deployment: str) -> int:
-    app = serve.status().applications.get(name)
-    if app is None or deployment not in app.deployments:
-        return 0
-    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def replica_nodes(name: str, deployment: str) -> list[str]:
-    from ray._private.state import actors
-
-    prefix = f"SERVE_REPLICA::{name}#{deployment}#"
-    return [
-        info["Address"]["NodeID"]
-        for info in actors().values()
-        if info.get("Name", "").startswith(prefix) and info["State"] == "ALIVE"
-    ]
 
 
 def nodes_by_id() -> dict[str, dict[str, Any]]:
@@ -100,7 +67,7 @@ def gpu_app(request: pytest.FixtureRequest, local_cluster: Any, serve_app: str) 
     config, manifest = GPU_CONFIGS[name]
     nodes = add_node_types(local_cluster, gpu_node_shapes(ROOT / manifest))
     try:
-        deploy(dry_run_app(config, name))
+        deploy_config([dry_run_app(config, name)])
         wait_for(lambda: app_status(name) in ("RUNNING", "DEPLOY_FAILED"), 240, f"{name} to deploy")
         assert app_status(name) == "RUNNING", serve.status().applications[name]
         yield name, f"{serve_app}/{name}"
@@ -174,7 +141,7 @@ def test_a_load_step_adds_a_replica_on_another_node_of_its_type(gpu_app: tuple[s
         "latency_slack": 1.0,
         "smoothing_s": 1,
     }
-    deploy(app)
+    deploy_config([app])
     model = app["args"]["serving"]["model_name"]
     stop = threading.Event()
 

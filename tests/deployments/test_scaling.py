@@ -13,7 +13,22 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.deployments import serve_state
 from tests.deployments.conftest import app_args
+from tests.deployments.serve_state import wait_for
+
+
+def deploy(config: dict[str, Any]) -> None:
+    serve_state.deploy_config(config["applications"])
+
+
+def running(deployment: str) -> int:
+    return serve_state.running(SCALED, deployment)
+
+
+def replica_nodes(deployment: str) -> list[str]:
+    return serve_state.replica_nodes(SCALED, deployment)
+
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -72,30 +87,6 @@ def scaled_config(tiny_pair: tuple[Path, Path], threshold: float) -> dict[str, A
     }
 
 
-def deploy(config: dict[str, Any]) -> None:
-    """What ``serve deploy``/``serve run config.yaml`` do: an application-level autoscaling
-    policy can only come from a config in Ray 2.60, not from ``serve.run``."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
-
-
-def running(deployment: str) -> int:
-    app = serve.status().applications.get(SCALED)
-    if app is None or deployment not in app.deployments:
-        return 0
-    return int(app.deployments[deployment].replica_states.get("RUNNING", 0))
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
 class Load:
     """Closed-loop clients sending completions, and a log of replica counts every second."""
 
@@ -148,18 +139,6 @@ class Load:
         print("   t (s)  phase        small  large")
         for t, phase, small, large in self.timeline:
             print(f"  {t:6.1f}  {phase:<11}  {small:5d}  {large:5d}")
-
-
-def replica_nodes(deployment: str) -> list[str]:
-    """The node of every live replica of ``deployment`` (from the GCS actor table)."""
-    from ray._private.state import actors
-
-    prefix = f"SERVE_REPLICA::{SCALED}#{deployment}#"
-    return [
-        info["Address"]["NodeID"]
-        for info in actors().values()
-        if info.get("Name", "").startswith(prefix) and info["State"] == "ALIVE"
-    ]
 
 
 @pytest.fixture(scope="module")
