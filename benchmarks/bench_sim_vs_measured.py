@@ -23,17 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glimp_ray.plan_model import fit_curves, mean_glimpse_s, traced_profile
+from glimp_ray.plan_model import POOLS, fit_curves, mean_glimpse_s, traced_profile
+from glimp_ray.profile import EngineProfile
 from glimp_ray.sim import PoolSpec, SimConfig, TraceTimes, simulate
 from glimp_ray.traces import TracedRequest, requests_from_spans
 
@@ -132,6 +135,43 @@ def measure(rates: list[float], seconds: float, out: Path, port: int) -> None:
             cluster.shutdown()
 
 
+def binned_profile(requests: list[TracedRequest], pool: str, glimpse_s: float) -> EngineProfile:
+    """ℓ(b) as the deployment ran: traced calls' seconds per token (model time over tokens, token
+    weighted) binned by the mean calls their replica ran (1, 2, 4, ...: nearest in log), kept
+    non-decreasing; a curve fitted through all of them (:func:`fit_curves`) extends it."""
+    bins: dict[int, list[tuple[float, float]]] = {}
+    for r in requests:
+        for call in r.calls:
+            if call.route == pool and call.tokens > 0 and call.model_s > 0:
+                b = 2 ** round(math.log2(max(call.concurrency, 1.0)))
+                bins.setdefault(b, []).append((call.model_s / call.tokens, call.tokens))
+    decode_s: dict[int, float] = {}
+    highest = 0.0
+    for b in sorted(bins):
+        if sum(w for _, w in bins[b]) < 50:  # too few tokens to trust
+            continue
+        mean = float(np.average([s for s, _ in bins[b]], weights=[w for _, w in bins[b]]))
+        highest = max(highest, mean)
+        decode_s[b] = highest
+    if not decode_s:
+        return traced_profile(pool, fit_curves(requests)[pool], 32, glimpse_s)
+    base = traced_profile(pool, fit_curves(requests)[pool], 32, glimpse_s)
+    return replace(base, decode_s=decode_s, notes={"source": "binned from traced calls in the deployment"})
+
+
+def neighbours(runs: list[dict[str, Any]], i: int) -> list[int]:
+    """The runs at the nearest lower and the nearest higher rate than run ``i`` (one at the ends)."""
+    rate = runs[i]["rate"]
+    lower = [j for j in range(len(runs)) if runs[j]["rate"] < rate]
+    higher = [j for j in range(len(runs)) if runs[j]["rate"] > rate]
+    near = []
+    if lower:
+        near.append(max(lower, key=lambda j: runs[j]["rate"]))
+    if higher:
+        near.append(min(higher, key=lambda j: runs[j]["rate"]))
+    return near
+
+
 def split_by_run(requests: list[TracedRequest], runs: list[dict[str, Any]]) -> list[list[TracedRequest]]:
     out: list[list[TracedRequest]] = [[] for _ in runs]
     for r in requests:
@@ -155,6 +195,17 @@ def overheads(requests: list[TracedRequest], latencies: dict[int, float]) -> tup
     return max(float(intercept), 0.0), float(slope)
 
 
+def call_overhead(requests: list[TracedRequest], run: dict[str, Any]) -> float:
+    """Median over a run's requests of (client latency − traced model seconds) per call."""
+    latencies = match_latencies(requests, run)
+    per_call = []
+    for r in requests:
+        if id(r) in latencies:
+            calls = len(r.calls) + sum(s.glimpse_model_s > 0 and s.route == "large" for s in r.steps)
+            per_call.append((latencies[id(r)] - sum(c.model_s + c.glimpse_model_s for c in r.calls)) / calls)
+    return max(float(statistics.median(per_call)), 0.0)
+
+
 def match_latencies(requests: list[TracedRequest], run: dict[str, Any]) -> dict[int, float]:
     """Each traced request's client latency: the sent request closest in start time."""
     sent = sorted((s, lat) for s, lat, status in run["requests"] if status == 200)
@@ -168,25 +219,27 @@ def match_latencies(requests: list[TracedRequest], run: dict[str, Any]) -> dict[
     return found
 
 
-def simulate_runs(out: Path, seed: int = 0) -> list[dict[str, float]]:
+def simulate_runs(out: Path, seed: int = 0, calibrate: str = "neighbours") -> list[dict[str, float]]:
     data = json.loads((out / "measured.json").read_text())
     runs = data["runs"]
     spans = [json.loads(line) for line in (out / "spans.jsonl").read_text().splitlines() if line.strip()]
     per_run = split_by_run(requests_from_spans(spans), runs)
     rows = []
     for i, run in enumerate(runs):
-        others = [r for j, rs in enumerate(per_run) if j != i for r in rs]
+        use = [i] if calibrate == "own" else neighbours(runs, i)
+        others = [r for j in use for r in per_run[j]]
         latencies: dict[int, float] = {}
         for j, rs in enumerate(per_run):
-            if j != i:
+            if j in use:
                 latencies.update(match_latencies(rs, runs[j]))
-        curves = fit_curves(others)
         glimpse = mean_glimpse_s(others)
-        per_request, per_call = overheads(others, latencies)
-        pools = {
-            pool: PoolSpec(traced_profile(pool, curve, 32, glimpse if pool == "small" else 0.0), 1)
-            for pool, curve in curves.items()
-        }
+        # The router's and Ray's time per call grows with load here (they share the 2 cores with
+        # the replicas): each calibration run's median per call, interpolated at this rate.
+        per_call = float(
+            np.interp(run["rate"], [runs[j]["rate"] for j in use], [call_overhead(per_run[j], runs[j]) for j in use])
+        )
+        per_request = 0.0
+        pools = {pool: PoolSpec(binned_profile(others, pool, glimpse if pool == "small" else 0.0), 1) for pool in POOLS}
         sent = [s for s, _, status in run["requests"] if status == 200]
         config = SimConfig(
             requests=per_run[i],
@@ -235,14 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of arrivals per rate")
     parser.add_argument("--out", default="/tmp/glimp-simcheck", help="where measurements and spans go")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument(
+        "--calibrate",
+        choices=("neighbours", "own"),
+        default="neighbours",
+        help="pools and overheads from the traces of the nearest lower and higher rates (default: held out) "
+        "or from the rate's own traces (in-sample)",
+    )
     parser.add_argument("--from", dest="source", help="re-simulate the measurements saved in this directory")
     args = parser.parse_args(argv)
     out = Path(args.source or args.out)
     if not args.source:
         out.mkdir(parents=True, exist_ok=True)
         measure([float(r) for r in args.rates.split(",")], args.seconds, out, args.port)
-    rows = simulate_runs(out)
-    (out / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
+    rows = simulate_runs(out, calibrate=args.calibrate)
+    (out / f"table-{args.calibrate}.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return 0
 
