@@ -10,8 +10,9 @@ traced calls (:mod:`glimp_ray.plan_model`). With a p95 objective it finds the fe
 the analytic model says meet it (:func:`glimp_ray.plan_search.cheapest`), then has the
 simulator confirm them: the simulated p95 meets the objective at the planned counts and misses
 it with one replica fewer in either pool (:func:`glimp_ray.plan_search.confirm`). Without one,
-each pool gets the replicas that keep a call's per-token latency within ``latency_slack`` × a
-lone call's (:func:`size_pools`). GPU types and prices: :mod:`glimp_ray.placement`.
+each pool gets the fewest replicas at which a call arriving at random sees a per-token latency
+within ``latency_slack`` × a lone call's, as the autoscaler sizes (:func:`size_pools`). GPU
+types and prices: :mod:`glimp_ray.placement`.
 """
 
 from __future__ import annotations
@@ -119,15 +120,23 @@ class CapacityPlan:
 
 
 def size_pools(
-    workload: Workload, pools: Mapping[str, PoolModel], latency_target: Mapping[str, float]
+    workload: Workload, pools: Mapping[str, PoolModel], latency_target: Mapping[str, float], low: Mapping[str, int]
 ) -> dict[str, int]:
-    """Replicas per pool: each runs at most the concurrency that meets its per-token latency target."""
+    """Replicas per pool, as the autoscaler sizes: the fewest (not overloaded, at least ``low``)
+    at which a call arriving at random sees ``ℓ(1 + b)`` within the per-token latency target;
+    where no count does (a lone call misses it), the count beyond which more do not help."""
     replicas = {}
     for pool in POOLS:
         demand = workload.rps * workload.tokens[pool]
         curve = pools[pool].curve
-        target = curve.target_concurrency(latency_target[pool], pools[pool].concurrency_cap)
-        replicas[pool] = max(1, math.ceil(replicas_for(demand, curve, target) - 1e-6)) if demand else 1
+        n = low[pool]
+        if latency_target[pool] <= curve.base_s:  # even a lone call misses: spread calls thin
+            target = curve.target_concurrency(latency_target[pool], pools[pool].concurrency_cap)
+            n = max(n, math.ceil(replicas_for(demand, curve, target) - 1e-6)) if demand else n
+        else:
+            while curve.latency_seen(curve.concurrency_at(demand, n)) > latency_target[pool]:
+                n += 1
+        replicas[pool] = n
     return replicas
 
 
@@ -175,8 +184,9 @@ def plan(
     ``profiles``: an engine profile per pool (default: curves fitted from the traces, at most
     ``max_concurrency`` calls per replica); ``overhead_s``: seconds per request outside the
     models (default: the traced median); ``slo_p95_s``: the fewest replicas whose p95 meets it,
-    confirmed by ``confirmer`` (the simulator) when given; without it, ``latency_target_s`` (or
-    ``latency_slack`` × a lone call's) per token sizes each pool.
+    confirmed by ``confirmer`` (the simulator) when given; without it, each pool gets the fewest
+    replicas at which a call arriving at random sees ``latency_target_s`` (or ``latency_slack`` ×
+    a lone call's) per token, the autoscaler's rule.
     """
     if rps <= 0:
         raise ValueError(f"rps must be > 0, got {rps}")
@@ -198,7 +208,7 @@ def plan(
         low = evaluate.low(max_replicas)
         simulated = one_fewer = None
         if slo_p95_s is None:
-            replicas = {p: max(low[p], n) for p, n in size_pools(workload, pools, latency_target).items()}
+            replicas = size_pools(workload, pools, latency_target, low)
             if confirmer is not None:
                 simulated = confirmer(workload, pools)(replicas)
         else:

@@ -118,14 +118,18 @@ def test_batched_calls_are_not_summed_as_serial() -> None:
     assert report["curves"]["large"]["base_s"] == pytest.approx(0.01)
     assert report["curves"]["large"]["slope_s"] == pytest.approx(0.002)
     traced = report["plans"][0]
-    # 200 tokens/s; target 20 ms per token -> 6 calls per replica, 300 tokens/s: one replica, where
-    # serial sums (1.48 model-seconds per request at 2/s) would have asked for 3 to 5.
+    # 200 tokens/s, target 20 ms per token. Calls at random see the mean b others: on one replica
+    # b = 200 x (0.01 + 0.002 b) -> b = 2 / 0.6 = 3.33 calls, 16.7 ms per token: one replica,
+    # where serial sums (1.48 model-seconds per request at 2/s) would have asked for 3 to 5.
     assert traced["large_replicas"] == 1
-    # Calls at random see the mean b others: b = 200 x (0.01 + 0.002 b) -> b = 2 / 0.6 = 3.33
-    # calls, 16.7 ms per token; 100 tokens + 50 ms.
     assert traced["large_concurrency"] == pytest.approx(10 / 3)
+    # 100 tokens at 16.7 ms + 50 ms.
     assert traced["predicted_p95_s"] == pytest.approx(0.05 + 100 * (0.01 + 0.002 * 10 / 3))
     assert plan(requests_from_spans(batched_trace()), rps=4)["plans"][0]["large_replicas"] == 2
+    # 600 tokens/s: 2 replicas would each run the 6 calls that meet 20 ms if each ran exactly 6,
+    # but a call arriving at random there sees b = 3 / 0.4 = 7.5 others: 25 ms. 3 replicas: b =
+    # 3.33, 16.7 ms (the autoscaler's rule).
+    assert plan(requests_from_spans(batched_trace()), rps=6)["plans"][0]["large_replicas"] == 3
 
 
 def test_plan_adds_replicas_for_a_latency_objective() -> None:
