@@ -18,7 +18,7 @@ replica to run ``b*`` on average (:func:`planned_concurrency`): the largest ``b`
     replicas = demand × ℓ(1 + b*) / b*        (demand in tokens/s)
 
 (:meth:`BatchingCurve.target_concurrency` and :func:`replicas_for` are the older rule, every
-replica running exactly ``b*``, kept for the planner.)
+replica running exactly ``b*``; the planner keeps them only for a target even a lone call misses.)
 
 The curve is fitted from what replicas measure over windows of busy time (:class:`Observation`:
 mean concurrency and per-token latency); the autoscaler (:mod:`glimp_ray.autoscaling`) and the
