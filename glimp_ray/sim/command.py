@@ -30,7 +30,7 @@ def per_pool(text: str | None, kind: type, flag: str) -> dict[str, Any]:
         try:
             out[pool.strip()] = kind(value)
         except ValueError:
-            raise ValueError(f"{flag}: {value!r} is not a {kind.__name__}") from None
+            raise ValueError(f"{flag}: {value!r} is not a number") from None
     return out
 
 
