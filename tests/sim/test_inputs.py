@@ -20,7 +20,7 @@ P = profile({1: 0.001})
         (lambda: SimConfig([one_call(1)], {}, 1.0, 10.0), "at least one pool"),
         (lambda: SimConfig([one_call(1)], {"large": PoolSpec(P, 1)}, 1.0, 10.0, warmup_s=10.0), "warmup_s"),
         (lambda: SimConfig([one_call(1)], {"large": PoolSpec(P, 1)}, 1.0, 0.0), "duration_s"),
-        (lambda: SimConfig([one_call(1)], {"large": PoolSpec(P, 1)}, "fast", 10.0), "arrivals must be"),
+        (lambda: SimConfig([one_call(1)], {"large": PoolSpec(P, 1)}, "fast", 10.0), "arrivals must be"),  # type: ignore[arg-type]
         (lambda: PoolSpec(P, 0), "replicas >= 1"),
         (lambda: PoolSpec(P, 1, min_replicas=3, max_replicas=2), "min_replicas <= max_replicas"),
         (lambda: PoolSpec(P, 1, price_per_gpu_hour=-1), "price_per_gpu_hour"),
