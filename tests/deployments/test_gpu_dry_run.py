@@ -63,7 +63,7 @@ def gpu_app(request: pytest.FixtureRequest, local_cluster: Any, serve_app: str) 
     """One shipped GPU config deployed on raylets shaped like its manifest; (name, base URL)."""
     name = request.param
     config, manifest = GPU_CONFIGS[name]
-    nodes = add_node_types(local_cluster, gpu_node_shapes(ROOT / manifest, per_type=1))
+    nodes = add_node_types(local_cluster, gpu_node_shapes(ROOT / manifest))
     try:
         deploy_config([dry_run_app(config, name)])
         wait_for(lambda: app_status(name) in ("RUNNING", "DEPLOY_FAILED"), 240, f"{name} to deploy")
