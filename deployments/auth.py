@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request, Response
 
+from deployments import flow
 from deployments.errors import APIError
 
 HEALTH_PATHS = ("/health",)
@@ -71,10 +72,18 @@ def configure(keys: ApiKeys) -> None:
     _KEYS = keys
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency of every route: a 401 in OpenAI's error shape without a valid key."""
-    if not _KEYS.enabled or request.url.path.rstrip("/").endswith(HEALTH_PATHS):
-        return
+async def require_api_key(request: Request, response: Response) -> AsyncIterator[None]:
+    """FastAPI dependency of every route: a 401 in OpenAI's error shape without a valid key, then
+    flow control (``flow.py``: priority and the key's rate limits, a 429 past them). It yields
+    while the request is served, so a request counts as in flight until its response is sent."""
+    name = None
+    if _KEYS.enabled and not request.url.path.rstrip("/").endswith(HEALTH_PATHS):
+        name = _check(request)
+    async with flow.admitted(request, name, response):
+        yield
+
+
+def _check(request: Request) -> str:
     header = request.headers.get("authorization")
     name = _KEYS.name_of(header)
     if name is None:
@@ -86,6 +95,7 @@ async def require_api_key(request: Request) -> None:
             code="invalid_api_key",
         )
     request.state.api_key_name = name
+    return name
 
 
 def key_name(request: Request) -> str | None:

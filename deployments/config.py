@@ -112,7 +112,16 @@ class RouterDeployment(StrictModel):
         description="Requests waiting for a router replica (Serve's max_queued_requests, counted by each proxy); "
         "beyond it a request gets 429 with Retry-After at once instead of queueing. -1: no bound.",
     )
-    retry_after_s: float = Field(5.0, ge=0, description="Retry-After (seconds) sent with a 429 of a full queue.")
+    retry_after_s: float = Field(
+        5.0, ge=0, description="Retry-After (seconds) sent with a 429 of a full queue or of shed batch traffic."
+    )
+    batch_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Batch-priority requests are let in only while a router replica runs fewer than this share of "
+        "max_ongoing_requests; interactive ones up to all of it. docs/flow-control.md.",
+    )
 
 
 class TracingConfig(StrictModel):
@@ -147,6 +156,30 @@ class RequestLimits(StrictModel):
     )
 
 
+class RateLimits(StrictModel):
+    """Token buckets of one API key (unset: no limit). A bucket holds its burst and refills at its
+    rate per minute; each router replica enforces its share (docs/flow-control.md)."""
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Generation requests per minute.")
+    request_burst: int | None = Field(
+        None, ge=1, description="Requests the bucket holds (at once after a pause); default: requests_per_minute."
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Tokens per minute a key's requests may generate, charged at admission: per choice the "
+        "thinking budget plus the answer's max_tokens (the app's defaults where the request sets none).",
+    )
+    token_burst: int | None = Field(None, ge=1, description="Tokens the bucket holds; default: tokens_per_minute.")
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> RateLimits:
+        for burst, rate in (("request_burst", "requests_per_minute"), ("token_burst", "tokens_per_minute")):
+            if getattr(self, burst) is not None and getattr(self, rate) is None:
+                raise ValueError(f"{burst} needs {rate}")
+        return self
+
+
 class ApiKey(StrictModel):
     """One client's API key, by name; the config holds its SHA-256 or where to read it, never the key."""
 
@@ -155,6 +188,9 @@ class ApiKey(StrictModel):
         None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (e.g. `printf %s KEY | sha256sum`)."
     )
     key_env: str | None = Field(None, min_length=1, description="Environment variable of the router holding the key.")
+    rate_limits: RateLimits | None = Field(
+        None, description="This key's token buckets; unset: serving.rate_limits (an empty mapping: no limit)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -191,6 +227,10 @@ class ServingConfig(StrictModel):
         default_factory=list,
         description="Keys a client must send as 'Authorization: Bearer <key>' on every route but /health; "
         "none: the server is open.",
+    )
+    rate_limits: RateLimits = Field(
+        default_factory=lambda: RateLimits(),
+        description="Token buckets of every API key that sets no rate_limits of its own (unset: no limit).",
     )
 
     @field_validator("api_keys")

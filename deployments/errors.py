@@ -51,7 +51,7 @@ _ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "inva
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     if exc.status < 500:  # the client's mistake: one line, no traceback
         logger.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
-    return JSONResponse(exc.body, status_code=exc.status)
+    return JSONResponse(exc.body, status_code=exc.status, headers=getattr(exc, "headers", None))  # a 429's Retry-After
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

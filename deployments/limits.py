@@ -16,10 +16,10 @@ from deployments.protocol import ChatCompletionRequest, CompletionRequest
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-async def read_request(raw: Request, model: type[RequestT], limits: RequestLimits) -> RequestT:
-    """Read the body within ``max_request_bytes`` (413 past it, before any parsing: a declared
-    length is checked first, an undeclared one is counted as it arrives), then parse it strictly."""
-    limit = limits.max_request_bytes
+async def read_body(raw: Request, limit: int) -> bytes:
+    """The body within ``limit`` bytes (413 past it, before any parsing: a declared length is
+    checked first, an undeclared one is counted as it arrives). It stays cached on the request,
+    so flow control (``flow.py``) and the handler both read it."""
     too_large = APIError(
         413, f"request body is larger than {limit} bytes", "invalid_request_error", code="request_too_large"
     )
@@ -27,12 +27,19 @@ async def read_request(raw: Request, model: type[RequestT], limits: RequestLimit
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in raw.stream():
+    async for chunk in raw.stream():  # the cached body, once read
         body += chunk
         if len(body) > limit:
             raise too_large
+    raw._body = bytes(body)  # what Starlette's Request.body() caches
+    return raw._body
+
+
+async def read_request(raw: Request, model: type[RequestT], limits: RequestLimits) -> RequestT:
+    """Read the body within ``max_request_bytes`` (``read_body``), then parse it strictly."""
+    body = await read_body(raw, limits.max_request_bytes)
     try:
-        return model.model_validate_json(bytes(body))
+        return model.model_validate_json(body)
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         raise APIError(400, message, "invalid_request_error", param) from None
