@@ -4,8 +4,8 @@ Each session keeps its own batch-1 ``DynamicCache``. Sequences that are decoding
 in a :class:`DecodeBatch`: their caches left-padded into one batched cache with a 2-D
 attention mask and explicit position ids, so one forward advances every row by a token. Rows
 join and leave at any token (a join or a leave copies the batch once, however many rows it
-moves). :func:`prefill` runs the new tokens of several sessions in one forward and hands each
-session its cache back.
+moves). :func:`~glimp_ray.engine.prefill.prefill` runs the new tokens of several sessions in one forward
+and hands each session its cache back.
 
 Transformers' own continuous batching (``generate_batch``, ``init_continuous_batching``) owns
 the model, its paged cache and the sampling loop: it exposes no first-token logits (the
@@ -23,70 +23,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-_KEEP_POSITIONS = (
-    1 << 16
-)  # an empty batch keeps buffers up to this many rows x columns  # per layer: keys, values [batch, heads, tokens, dim]
+from glimp_ray.engine.kv_tensors import KV, cache_from, device_of, kv_of, layers_of, padding_mask
 
-
-def batchable(model: Any) -> bool:
-    """Whether this model's cache is made of plain full-attention layers."""
-    cache = DynamicCache(config=model.config)
-    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def cache_from(kv: KV) -> DynamicCache:
-    """A ``DynamicCache`` of full-attention layers holding these tensors (no copy)."""
-    cache = DynamicCache()
-    cache.layers = [_layer(keys, values) for keys, values in kv]
-    return cache
-
-
-def _layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
-    layer = DynamicLayer()
-    # The state ``lazy_initialization`` + ``update`` would leave, without their copy.
-    layer.device, layer.is_initialized = keys.device, True
-    layer.keys, layer.values = keys, values
-    return layer
-
-
-def _layers(cache: Any) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _device(cache: Any) -> torch.device:
-    return cache.layers[0].keys.device  # type: ignore[no-any-return]
-
-
-def _kv(cache: DynamicCache | None) -> KV | None:
-    if cache is None or cache.get_seq_length() == 0:
-        return None
-    return _layers(cache)
-
-
-def _stack(rows: Sequence[KV | None], lengths: Sequence[int], like: KV) -> KV:
-    """Right-align each entry's tokens in one zero-filled (padded) tensor per layer; an entry
-    may hold several rows already (the current batch); ``None`` is one all-padding row."""
-    width = max(lengths)
-    sizes = [1 if row is None else row[0][0].shape[0] for row in rows]
-    stacked: KV = []
-    for layer, (k0, v0) in enumerate(like):
-        keys = k0.new_zeros((sum(sizes), k0.shape[1], width, k0.shape[3]))
-        values = v0.new_zeros((sum(sizes), v0.shape[1], width, v0.shape[3]))
-        offset = 0
-        for row, size, length in zip(rows, sizes, lengths, strict=True):
-            if row is not None:
-                keys[offset : offset + size, :, width - length :] = row[layer][0]
-                values[offset : offset + size, :, width - length :] = row[layer][1]
-            offset += size
-        stacked.append((keys, values))
-    return stacked
-
-
-def _mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
-    positions = torch.arange(width, device=device)
-    starts = torch.tensor([width - n for n in lengths], device=device)
-    return (positions[None, :] >= starts[:, None]).long()
+_KEEP_POSITIONS = 1 << 16  # an empty batch keeps buffers up to this many rows x columns
 
 
 class _BufferLayer(DynamicLayer):
@@ -157,7 +96,7 @@ class DecodeBatch:
         """Bytes of KV the batch holds: every row and column of its buffers (kept, empty, while a
         lone row decodes on its own cache), and that cache."""
         held = sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
-        return held + (sum(k.nbytes + v.nbytes for k, v in _layers(self.solo)) if self.solo is not None else 0)
+        return held + (sum(k.nbytes + v.nbytes for k, v in layers_of(self.solo)) if self.solo is not None else 0)
 
     @torch.inference_mode()
     def join(self, entries: Sequence[tuple[Hashable, DynamicCache]]) -> None:
@@ -220,7 +159,7 @@ class DecodeBatch:
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Forward one token per row (in row order); returns the next-token logits ``[rows, vocab]``."""
         assert len(tokens) == len(self.rows) > 0
-        device = _device(self.solo if self.solo is not None else self.cache)
+        device = device_of(self.solo if self.solo is not None else self.cache)
         inputs = torch.tensor(tokens, device=device).view(-1, 1)
         if self.solo is not None:
             out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.solo})
@@ -230,7 +169,7 @@ class DecodeBatch:
             self._refresh()
         kwargs: dict[str, Any] = {}
         if min(self.lengths) < self.end - self.start:  # some row is padded
-            kwargs["attention_mask"] = _mask([n + 1 for n in self.lengths], self.end - self.start + 1, device)
+            kwargs["attention_mask"] = padding_mask([n + 1 for n in self.lengths], self.end - self.start + 1, device)
             kwargs["position_ids"] = torch.tensor(self.lengths, device=device).view(-1, 1)
         out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache}, **kwargs)
         self.end += 1  # the layers' views already cover the new column (``_BufferLayer.update``)
@@ -258,7 +197,7 @@ class DecodeBatch:
             self._refresh()
 
     def _copy_in(self, key: Hashable, cache: DynamicCache) -> None:
-        row = _kv(cache)
+        row = kv_of(cache)
         if row is None:
             raise ValueError("a row joining the decode batch needs a prefilled cache")
         length = row[0][0].shape[2]
@@ -342,63 +281,3 @@ def _moved(buffer: torch.Tensor, rows: int, columns: int, start: int, end: int, 
     keep = min(rows, buffer.shape[0])
     moved[:keep, :, new_end - (end - start) : new_end] = buffer[:keep, :, start:end]
     return moved
-
-
-@torch.inference_mode()
-def prefill(
-    model: Any, cache_kwarg: str, entries: Sequence[tuple[DynamicCache | None, list[int]]]
-) -> tuple[list[DynamicCache], torch.Tensor]:
-    """Forward each session's new tokens after its cache, all in one forward.
-
-    Row ``i`` is laid out as ``[padding, cache_i, padding, new_i]``: caches left-padded to the
-    longest, new tokens left-padded to the longest, so every row's last column is its last
-    token. Returns each session's cache extended by its new tokens (padding removed) and the
-    next-token logits ``[rows, vocab]``.
-    """
-    config = model.config
-    if len(entries) == 1:  # nothing to pad: the plain batch-1 forward
-        cache, ids = entries[0]
-        cache = cache if cache is not None else DynamicCache(config=config)
-        device = next(model.parameters()).device
-        out = model(
-            input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}
-        )
-        return [cache], out.logits[:, -1]
-    device = next(model.parameters()).device
-    rows = [_kv(cache) for cache, _ in entries]
-    cached = [0 if row is None else row[0][0].shape[2] for row in rows]
-    new = [len(ids) for _, ids in entries]
-    width, longest = max(cached), max(new)
-    batch: DynamicCache
-    if width:
-        like = next(r for r in rows if r is not None)
-        kv = _stack(rows, cached, like)
-        batch = cache_from(kv)
-    else:
-        batch = DynamicCache(config=config)
-    inputs = torch.zeros((len(entries), longest), dtype=torch.long, device=device)
-    for i, (_, ids) in enumerate(entries):
-        inputs[i, longest - len(ids) :] = torch.tensor(ids, device=device)
-    cache_mask = _mask(cached, width, device)
-    input_mask = _mask(new, longest, device)
-    # Position of each new token: after its own cache (padding gets any position; it is masked).
-    positions = torch.tensor(cached, device=device)[:, None] + (
-        torch.arange(longest, device=device)[None, :] - (longest - torch.tensor(new, device=device))[:, None]
-    )
-    out = model(
-        input_ids=inputs,
-        attention_mask=torch.cat([cache_mask, input_mask], dim=1),
-        position_ids=positions.clamp(min=0),
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_kwarg: batch},
-    )
-    caches = []
-    for i in range(len(entries)):
-        kv = []
-        for k, v in _layers(batch):
-            keep = [k[i : i + 1, :, width - cached[i] : width], k[i : i + 1, :, width + longest - new[i] :]]
-            keep_v = [v[i : i + 1, :, width - cached[i] : width], v[i : i + 1, :, width + longest - new[i] :]]
-            kv.append((torch.cat(keep, dim=2), torch.cat(keep_v, dim=2)))
-        caches.append(cache_from(kv))
-    return caches, out.logits[:, -1]

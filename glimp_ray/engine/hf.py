@@ -17,14 +17,19 @@ import os
 import time
 from typing import Any
 
-import torch
-
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError
-from glimp_ray.engine.kv_memory import GIB, KVBudget, KVMemory, kv_budget_bytes, kv_bytes_per_token
+from glimp_ray.engine.kv_memory import (
+    GIB,
+    KVBudget,
+    KVMemory,
+    context_within_budget,
+    kv_budget_bytes,
+    kv_bytes_per_token,
+)
 from glimp_ray.engine.model_files import eos_ids, load_model, longest_token_chars, resolve_dtype
 from glimp_ray.engine.model_files import max_context as model_max_context
 from glimp_ray.engine.runner import ModelRunner
-from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
+from glimp_ray.engine.sampling import build_processors, make_generator, sample_each
 from glimp_ray.engine.scheduler import Scheduler
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.engine.session import SessionCache
@@ -33,7 +38,7 @@ from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, ren
 from glimp_ray.engine.worker import StepLoopEngine
 from glimp_ray.entropy import glimpse_entropy
 from glimp_ray.policies import routes_large
-from glimp_ray.types import FinishReason, StepRequest, StepResult
+from glimp_ray.types import FinishReason, StepRequest
 
 _FEED_TOKENS = 4  # prefills this short ride the decode forwards (one token a turn)
 logger = logging.getLogger(__name__)
@@ -85,7 +90,7 @@ class HFEngine(StepLoopEngine):
         self.budget = KVBudget(
             kv_budget_bytes(device, kv_cache_bytes, gpu_share, weights), kv_bytes_per_token(model.config, model.dtype)
         )
-        self.max_context = self._context_within_budget(max_context, model_max_context(model, tokenizer))
+        self.max_context = context_within_budget(self.budget, max_context, model_max_context(model, tokenizer), name)
         # No token covers more characters than its vocabulary entry has: a text longer than
         # max_context x this cannot fit, and is refused before it is rendered or tokenized.
         self.max_text_chars = self.max_context * longest_token_chars(tokenizer)
@@ -119,27 +124,6 @@ class HFEngine(StepLoopEngine):
         if kv_cache_gib is not None:
             engine_kwargs.setdefault("kv_cache_bytes", round(kv_cache_gib * GIB))
         return cls(lm, tok, **engine_kwargs)
-
-    def _context_within_budget(self, given: int | None, model_context: int) -> int:
-        """The context one request may have: its row (and the column a step writes) fits the budget."""
-        fits = self.budget.tokens - 1
-        if (given is not None and given > fits) or fits < 1:
-            raise ValueError(
-                f"{self.name}: a KV budget of {self.budget.capacity / GIB:.3g} GiB holds {max(fits, 0)} tokens "
-                f"({self.budget.bytes_per_token} bytes each), too few for one request of "
-                f"{given or model_context} tokens: raise kv_cache_gib or lower max_context"
-            )
-        if given is None and model_context > fits:
-            logger.warning(
-                "%s: its KV budget (%.3g GiB) holds %d tokens, fewer than the model's context of %d: "
-                "serving contexts up to %d (raise kv_cache_gib for more)",
-                self.name,
-                self.budget.capacity / GIB,
-                fits,
-                model_context,
-                fits,
-            )
-        return min(given or model_context, fits)
 
     # -- views kept for callers, benchmarks and tests ----------------------------------
 
@@ -328,11 +312,7 @@ class HFEngine(StepLoopEngine):
         decoding = [seq for seq in seqs if seq.decoding]
         if not decoding:
             return []
-        rows = [(seq.sampling, seq.processors, seq.generator) for seq in decoding]
-        try:
-            tokens: list[int | None] = list(sample_tokens(torch.stack([seq.logits for seq in decoding]), rows))  # type: ignore[arg-type]
-        except Exception:  # find the request at fault: each samples alone
-            tokens = [self._guarded_sample(seq, row) for seq, row in zip(decoding, rows, strict=True)]
+        tokens = sample_each(decoding, self._fail)
         going = []
         for seq, token in zip(decoding, tokens, strict=True):
             try:
@@ -341,13 +321,6 @@ class HFEngine(StepLoopEngine):
             except Exception as exc:  # one bad request must not stop the others
                 self._fail(seq, exc)
         return going
-
-    def _guarded_sample(self, seq: Sequence, row: Any) -> int | None:
-        try:
-            return sample_tokens(seq.logits.unsqueeze(0), [row])[0]
-        except Exception as exc:
-            self._fail(seq, exc)
-            return None
 
     def _take(self, seq: Sequence, token: int) -> bool:
         """Append a sampled token and apply the stop rules; True when the request goes on."""
@@ -377,22 +350,7 @@ class HFEngine(StepLoopEngine):
             text, reason = cut_step_text(
                 self.tokenizer, full, seq.generated, reason, seq.stops, self.think_end, seq.request.close_thinking
             )
-        now = time.perf_counter()
-        result = StepResult(
-            token_ids=list(seq.generated),
-            text=text,
-            finish_reason=reason,
-            entropy=seq.entropy,
-            routed=reason == "routed",
-            context_tokens=seq.context_tokens,
-            reused_tokens=seq.reused_tokens,
-            prefill_tokens=seq.prefill_tokens,
-            generated_tokens=len(seq.generated),
-            queue_s=seq.admitted - seq.submitted,
-            prefill_s=seq.prefill_s,
-            decode_s=now - seq.decode_start,
-            replica=self.replica,
-        )
+        result = seq.result(text, reason, self.replica)
         self._retire(seq)
         if cancelled:
             # Its caller went away: the session would only wait for LRU eviction.

@@ -13,6 +13,7 @@ that is what the share of free device memory left out covers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 GIB = 1 << 30
 DEFAULT_GIB = 4.0  # the budget on a CPU (or any device but CUDA) unless configured
 CUDA_FREE_SHARE = 0.8  # of the device memory free once the weights are loaded
+logger = logging.getLogger(__name__)
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
@@ -75,6 +77,30 @@ class KVBudget:
     @property
     def tokens(self) -> int:
         return self.capacity // self.bytes_per_token
+
+
+def context_within_budget(budget: KVBudget, given: int | None, model_context: int, name: str) -> int:
+    """The context one request may have: its row (and the column a step writes) fits the budget;
+    ``given`` (an explicit ``max_context``) it cannot hold is an error, the model's own context is
+    lowered to what it holds (with a warning)."""
+    fits = budget.tokens - 1
+    if (given is not None and given > fits) or fits < 1:
+        raise ValueError(
+            f"{name}: a KV budget of {budget.capacity / GIB:.3g} GiB holds {max(fits, 0)} tokens "
+            f"({budget.bytes_per_token} bytes each), too few for one request of "
+            f"{given or model_context} tokens: raise kv_cache_gib or lower max_context"
+        )
+    if given is None and model_context > fits:
+        logger.warning(
+            "%s: its KV budget (%.3g GiB) holds %d tokens, fewer than the model's context of %d: "
+            "serving contexts up to %d (raise kv_cache_gib for more)",
+            name,
+            budget.capacity / GIB,
+            fits,
+            model_context,
+            fits,
+        )
+    return min(given or model_context, fits)
 
 
 class KVMemory:

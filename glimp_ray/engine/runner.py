@@ -17,7 +17,9 @@ import torch
 from transformers import DynamicCache
 
 from glimp_ray.engine.base import EngineError
-from glimp_ray.engine.decode_batch import DecodeBatch, batchable, prefill
+from glimp_ray.engine.decode_batch import DecodeBatch
+from glimp_ray.engine.kv_tensors import batchable
+from glimp_ray.engine.prefill import prefill
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.engine.session import Session
 

@@ -3,9 +3,12 @@ batch of them (rows with the same parameters are warped together)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from glimp_ray.engine.sequence import Sequence
 from glimp_ray.types import SamplingParams
 
 
@@ -54,3 +57,21 @@ def sample_tokens(
         for row, i in enumerate(members):
             tokens[i] = int(torch.multinomial(probs[row], 1, generator=rows[i][2]))
     return tokens
+
+
+def sample_each(seqs: list[Sequence], fail: Callable[[Sequence, BaseException], None]) -> list[int | None]:
+    """The next token of every sequence (from its ``logits``, sampling parameters and generator),
+    sampled together; if that fails, each alone, and one whose sampling fails goes to ``fail``
+    (``None`` in its place)."""
+    rows = [(seq.sampling, seq.processors, seq.generator) for seq in seqs]
+    try:
+        return list(sample_tokens(torch.stack([seq.logits for seq in seqs]), rows))  # type: ignore[arg-type]
+    except Exception:  # find the request at fault: each samples alone
+        tokens: list[int | None] = []
+        for seq, row in zip(seqs, rows, strict=True):
+            try:
+                tokens.append(sample_tokens(seq.logits.unsqueeze(0), [row])[0])  # type: ignore[list-item]
+            except Exception as exc:
+                fail(seq, exc)
+                tokens.append(None)
+        return tokens

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimp_ray.engine.session import Session
-from glimp_ray.types import SamplingParams, StepRequest, StepResult
+from glimp_ray.types import FinishReason, SamplingParams, StepRequest, StepResult
 
 DoneCallback = Callable[[StepResult | BaseException], None]
 
@@ -53,6 +53,25 @@ class Sequence:
     prefill_start: float = 0.0
     prefill_s: float = 0.0
     decode_start: float = 0.0
+
+    def result(self, text: str, reason: FinishReason, replica: str) -> StepResult:
+        """The request's result, now: its tokens, ``text`` and counters, with the glimpse's signals."""
+        now = time.perf_counter()
+        return StepResult(
+            token_ids=list(self.generated),
+            text=text,
+            finish_reason=reason,
+            entropy=self.entropy,
+            routed=reason == "routed",
+            context_tokens=self.context_tokens,
+            reused_tokens=self.reused_tokens,
+            prefill_tokens=self.prefill_tokens,
+            generated_tokens=len(self.generated),
+            queue_s=self.admitted - self.submitted,
+            prefill_s=self.prefill_s,
+            decode_s=now - self.decode_start,
+            replica=replica,
+        )
 
     @property
     def live_session(self) -> Session:

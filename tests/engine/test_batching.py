@@ -14,7 +14,9 @@ import torch
 from transformers import DynamicCache
 
 from glimp_ray.collab import Collaborator, CollabParams
-from glimp_ray.engine.decode_batch import DecodeBatch, batchable, prefill
+from glimp_ray.engine.decode_batch import DecodeBatch
+from glimp_ray.engine.kv_tensors import batchable
+from glimp_ray.engine.prefill import prefill
 from glimp_ray.engine.sampling import build_processors, make_generator, sample_tokens
 from glimp_ray.types import GenerateSpec, GlimpseSpec, SamplingParams, StepRequest, StepResult
 from tests.numeric import assert_logits_close, entropy_approx, tensors_close
