@@ -46,3 +46,28 @@ def test_the_router_sheds_a_full_queue_with_429() -> None:
     assert options["max_queued_requests"] == 8
     assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
     assert ServingConfig().router_options()["max_queued_requests"] == 512  # bounded by default
+
+
+def test_rate_limits_are_per_key_with_a_default_for_keys_that_set_none() -> None:
+    config = ServingConfig.model_validate(
+        {
+            "api_keys": [
+                {"name": "a", "key_env": "A", "rate_limits": {"requests_per_minute": 10, "request_burst": 2}},
+                {"name": "b", "key_env": "B"},
+            ],
+            "rate_limits": {"tokens_per_minute": 50_000},
+            "router": {"batch_share": 0.25},
+        }
+    )
+    assert config.api_keys[0].rate_limits is not None and config.api_keys[0].rate_limits.request_burst == 2
+    assert config.api_keys[1].rate_limits is None and config.rate_limits.tokens_per_minute == 50_000
+    assert ServingConfig().router.batch_share == 0.5
+    for bad, match in (
+        ({"rate_limits": {"request_burst": 5}}, "request_burst needs requests_per_minute"),
+        ({"rate_limits": {"tokens_per_minute": 0}}, "greater than 0"),
+        ({"rate_limits": {"requests_per_min": 5}}, "Extra inputs"),
+        ({"router": {"batch_share": 0}}, "greater than 0"),
+        ({"router": {"batch_share": 1.5}}, "less than or equal to 1"),
+    ):
+        with pytest.raises(ValidationError, match=match):
+            ServingConfig.model_validate(bad)
