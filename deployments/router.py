@@ -1,56 +1,48 @@
-"""The GlimpRouter ingress: OpenAI-compatible HTTP API over the collaboration loop.
+"""The GlimpRouter ingress: the OpenAI-compatible HTTP API over the collaboration loop.
 
-The loop runs here; every glimpse and step is a call to the small or the large pool
-through a DeploymentHandle pinned to the request's session.
+The loop runs here; every glimpse and step is a call to the small or the large pool through a
+DeploymentHandle pinned to the request's session. A request's choices run side by side
+(``choices.py``); chat and text completions are written by ``completions.py``, the Responses
+API by ``responses_api.py``.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real request types
 # through Serve's class-based ingress.
 
-import asyncio
-import contextvars
-import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
 
-import anyio
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from ray import serve
 
 from deployments import auth
+from deployments.choices import Interleaved, Run, choice_seed, final_result, guard, side_by_side
+from deployments.completions import CompletionsWriter
 from deployments.config import AppConfig
-from deployments.errors import APIError, api_error, install_error_handlers
+from deployments.errors import APIError, install_error_handlers
 from deployments.limits import check_model, check_prompt_chars, check_request, read_request
 from deployments.metrics import RouterMetrics
 from deployments.protocol import (
-    INT64_MIN,
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionChoice,
     CompletionRequest,
-    CompletionResponse,
-    DeltaMessage,
     DetokenizeRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
-    UsageInfo,
     chat_messages,
-    error_body,
     new_id,
-    now,
 )
+from deployments.protocol.responses_api import ResponsesRequest
+from deployments.responses_api import ResponsesWriter, check_responses_request
+from deployments.sse import ClosingStreamingResponse
 from deployments.tokenizer import ServedTokenizer
+from deployments.tools import ToolUse
 from glimp_ray.collab import Collaborator, CollabResult, StepRecord
 from glimp_ray.config import RoutingConfig
 from glimp_ray.meters import DemandMeter
+from glimp_ray.params import CollabParams
 from glimp_ray.pool_clients import FallbackStepClient, ServeStepClient
 from glimp_ray.tau_control import TauController
 from glimp_ray.tracing import make_tracer_provider, request_span
@@ -62,26 +54,6 @@ app = FastAPI(
 )
 
 install_error_handlers(app)
-
-
-def _finish_reason(result: CollabResult) -> Literal["stop", "length"]:
-    return "length" if result.answer_record.finish_reason == "length" else "stop"
-
-
-def _trace(result: CollabResult) -> dict[str, Any]:
-    return {
-        "request_id": result.request_id,
-        "stop_reason": result.stop_reason,
-        "large_step_fraction": result.large_step_fraction,
-        "preset": result.params.preset,
-        "threshold": result.params.threshold,
-        "policy": result.params.policy,
-        "mode": result.params.mode,
-        "entropy": result.params.entropy,
-        "top_k": result.params.top_k,
-        "steps": [s.to_dict() for s in result.steps],
-        "answer": result.answer_record.to_dict(),
-    }
 
 
 def _trace_headers(raw: Request) -> dict[str, str]:
@@ -101,48 +73,32 @@ def _trace_headers(raw: Request) -> dict[str, str]:
     return headers
 
 
-def _usage(results: list[CollabResult], n: int) -> UsageInfo:
-    """Each prompt's tokens once (not once per choice), every choice's completion tokens."""
-    prompt_tokens = sum(r.prompt_tokens for r in results[::n])
-    return UsageInfo.of(prompt_tokens, sum(r.completion_tokens for r in results))
-
-
-def _detached(call: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    """A task for one choice of a request with several. It runs in a context of its own: pool calls
-    over gRPC made side by side from the request's context do not return (seen on Ray 2.60). The
-    caller cancels it when the request goes away, which Serve would have done."""
-    return asyncio.get_running_loop().create_task(call, context=contextvars.Context())
-
-
-async def _side_by_side(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
-    """Awaits the calls concurrently; the first failure cancels the rest and is raised. One call
-    is awaited in place."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    tasks = [_detached(call) for call in calls]
+def _loop_params(config: AppConfig, base: CollabParams, body: Any, prompts: int) -> tuple[CollabParams, dict[str, Any]]:
+    """The loop's parameters for a request (``body.overrides()`` over the app's), and the overrides;
+    a 400 for more choices than allowed and for a glimpse the small pool cannot give."""
+    count = prompts * body.n
+    most = config.serving.request_limits.max_choices
+    if count > most:
+        param = "n" if prompts == 1 else "prompt"
+        message = f"{count} choices asked for (prompts x n); this server allows at most {most}"
+        raise APIError(400, message, "invalid_request_error", param)
+    overrides = body.overrides()
     try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        params = base.replace(**overrides)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "invalid_request_error") from None
+    refused = RoutingConfig.entropy_refused(params.entropy, config.small.engine, params.top_k)
+    if refused:
+        field = "glimp.top_k" if refused.startswith("top_k") else "glimp.entropy"
+        raise APIError(400, refused, "invalid_request_error", field)
+    return params, overrides
 
 
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, allow_nan=False)}\n\n"
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """A stream whose body is always closed, also when the client disconnects mid-stream:
-    Starlette then abandons the body iterator, whose clean-up (releasing the request's pool
-    sessions) would wait for the garbage collector."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+def _tool_use(config: AppConfig, params: CollabParams, tools: Any, choice: Any) -> ToolUse:
+    """What the request's tools let the answer do; the answer's model decides what can be honoured."""
+    pool = params.resolved_answer_model
+    engine = config.small.engine if pool == "small" else config.large.engine
+    return ToolUse.of(tools, choice, engine, pool, "tool_choice")
 
 
 @serve.deployment
@@ -151,18 +107,25 @@ class GlimpRouter:
     """HTTP ingress running the loop against the two pools."""
 
     def __init__(self, small: Any, large: Any, config: dict[str, Any]):
-        self.config = AppConfig.model_validate(config)
-        serving = self.config.serving
-        auth.configure(auth.ApiKeys.of((k.name, k.key_sha256, k.key_env) for k in serving.api_keys))
+        app_config = AppConfig.model_validate(config)
+        serving = app_config.serving
         transport = serving.pool_transport
         small_client = ServeStepClient(small, "small", serving.step_timeout_s, serving.retries, transport)
         large_client: Any = ServeStepClient(large, "large", serving.step_timeout_s, serving.retries, transport)
         if serving.fallback_to_small:
             large_client = FallbackStepClient(large_client, small_client)
         self.pools = {"small": small, "large": large}
-        self.collab = Collaborator(small_client, large_client, self.config.collab_params())
+        self._serve(app_config, small_client, large_client)
+
+    def _serve(self, config: AppConfig, small_client: Any, large_client: Any) -> None:
+        """Everything but the pool handles: the loop over two step clients, auth, tracing, metrics
+        and the online τ (tests run the router over in-process clients with it)."""
+        self.config = config
+        serving = config.serving
+        auth.configure(auth.ApiKeys.of((k.name, k.key_sha256, k.key_env) for k in serving.api_keys))
+        self.collab = Collaborator(small_client, large_client, config.collab_params())
         self.model_name = serving.model_name
-        self.tokenizer = ServedTokenizer(self.config.large.served())
+        self.tokenizer = ServedTokenizer(config.large.served())
         provider = make_tracer_provider(serving.tracing.exporter, serving.tracing.path, "glimp-ray-router")
         self.tracer = provider.get_tracer("glimp_ray.router")
         self.metrics = RouterMetrics()
@@ -281,60 +244,77 @@ class GlimpRouter:
         check_prompt_chars(len(text), self.config.serving.request_limits, "prompt")
         return text
 
+    @app.post("/v1/responses")
+    async def responses(self, raw: Request) -> Any:
+        """OpenAI's Responses API, stateless: the input and instructions in, a reasoning item and
+        the answer's message (or its function calls) out."""
+        limits = self.config.serving.request_limits
+        body = await read_request(raw, ResponsesRequest, limits)
+        check_responses_request(body, self.model_name, limits)
+        params, overrides = _loop_params(self.config, self.collab.params, body, 1)
+        tools = _tool_use(self.config, params, body.chat_tools(), body.chat_tool_choice())
+        request_id = new_id("resp", "_")
+        runs = self._runs(request_id, [{"messages": tools.messages(body.chat_messages())}], 1, overrides, params, raw)
+        writer = ResponsesWriter(body, request_id, self.model_name, params, tools)
+        return await self._answer(body.stream, runs, "input", writer.complete, writer.stream)
+
     async def _respond(
         self, body: ChatCompletionRequest | CompletionRequest, inputs: list[dict[str, Any]], raw: Request, chat: bool
     ) -> Any:
         """Runs ``n`` collaborations per prompt side by side; choice ``i * n + k`` is prompt ``i``'s
         ``k``-th, seeded with ``seed + k`` (so a prompt in a batch gets what it gets alone)."""
-        count = len(inputs) * body.n
-        most = self.config.serving.request_limits.max_choices
-        if count > most:
-            param = "n" if len(inputs) == 1 else "prompt"
-            message = f"{count} choices asked for (prompts x n); this server allows at most {most}"
-            raise APIError(400, message, "invalid_request_error", param)
-        overrides = body.overrides()
-        try:
-            params = self.collab.params.replace(**overrides)
-        except ValueError as exc:
-            raise APIError(400, str(exc), "invalid_request_error") from None
-        refused = RoutingConfig.entropy_refused(params.entropy, self.config.small.engine, params.top_k)
-        if refused:
-            field = "glimp.top_k" if refused.startswith("top_k") else "glimp.entropy"
-            raise APIError(400, refused, "invalid_request_error", field)
+        params, overrides = _loop_params(self.config, self.collab.params, body, len(inputs))
+        tools = ToolUse()
+        if isinstance(body, ChatCompletionRequest):
+            tools = _tool_use(self.config, params, body.tools, body.tool_choice)
+            inputs = [{"messages": tools.messages(one["messages"])} for one in inputs]
         request_id = new_id("chatcmpl" if chat else "cmpl")
+        runs = self._runs(request_id, inputs, body.n, overrides, params, raw)
+        writer = CompletionsWriter(body, request_id, self.model_name, chat, tools)
+        return await self._answer(body.stream, runs, "messages" if chat else "prompt", writer.complete, writer.stream)
+
+    def _runs(
+        self,
+        request_id: str,
+        inputs: list[dict[str, Any]],
+        n: int,
+        overrides: dict[str, Any],
+        params: CollabParams,
+        raw: Request,
+    ) -> list[Run]:
+        """One observed collaboration per choice, not started yet: ``n`` per input."""
         headers = _trace_headers(raw)
         key = auth.key_name(raw)
+        count = len(inputs) * n
         runs = []
         for index in range(count):
-            choice = dict(overrides)
-            if index % body.n and overrides["seed"] is not None:  # a prompt's k-th choice: seed + k
-                choice["seed"] = (overrides["seed"] + index % body.n - INT64_MIN) % 2**64 + INT64_MIN
+            choice = {**overrides, "seed": choice_seed(overrides["seed"], index % n)}
             run_id = request_id if count == 1 else f"{request_id}-{index}"
-            stream = self.collab.stream(request_id=run_id, **inputs[index // body.n], **choice)
+            stream = self.collab.stream(request_id=run_id, **inputs[index // n], **choice)
             runs.append(self._observed(stream, run_id, params, headers, key))
-        param = "messages" if chat else "prompt"
+        return runs
+
+    async def _answer(
+        self,
+        stream: bool,
+        runs: list[Run],
+        param: str,
+        complete: Callable[[list[CollabResult]], dict[str, Any]],
+        write: Callable[[Interleaved], AsyncIterator[str]],
+    ) -> Any:
+        """The response: ``complete``'s of the choices' results, or ``write``'s stream of their
+        events (a failure before the first event of every choice is still an HTTP error)."""
         handed_over = False
         try:
-            if body.stream:
-                firsts = await _side_by_side([self._guard(run.__anext__(), param) for run in runs])
+            if stream:
+                firsts = await side_by_side([guard(run.__anext__(), param) for run in runs])
                 handed_over = True
-                return _ClosingStreamingResponse(
-                    self._stream(body, request_id, firsts, runs, chat), media_type="text/event-stream"
-                )
-            results = await _side_by_side([self._result(run, param) for run in runs])
-            return self._complete(body, request_id, results, chat)
+                return ClosingStreamingResponse(write(Interleaved(firsts, runs)))
+            return complete(await side_by_side([final_result(run, param) for run in runs]))
         finally:
             if not handed_over:
                 for run in runs:
                     await run.aclose()
-
-    async def _result(self, events: AsyncGenerator[Any, None], param: str) -> CollabResult:
-        result: CollabResult | None = None
-        async for event in self._guarded(events, param):
-            if isinstance(event, CollabResult):
-                result = event
-        assert result is not None
-        return result
 
     async def _observed(
         self,
@@ -372,153 +352,6 @@ class GlimpRouter:
         else:
             self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)
         self.metrics.observe(event, self.demand.load(now), key)
-
-    async def _guard(self, awaitable: Any, param: str = "messages") -> Any:
-        try:
-            return await awaitable
-        except (StopAsyncIteration, APIError):
-            raise
-        except Exception as exc:
-            raise api_error(exc, param) from None
-
-    async def _guarded(self, events: AsyncIterator[Any], param: str) -> AsyncIterator[Any]:
-        while True:
-            try:
-                event = await self._guard(events.__anext__(), param)
-            except StopAsyncIteration:
-                return
-            yield event
-
-    def _complete(self, body: Any, request_id: str, results: list[CollabResult], chat: bool) -> dict[str, Any]:
-        usage = _usage(results, body.n)
-        # One choice: its trace is the response's ``glimp``; several: each choice carries its own.
-        traces = [_trace(r) if body.glimp.return_trace else None for r in results]
-        per_choice = len(results) > 1
-        response: ChatCompletionResponse | CompletionResponse
-        if chat:
-            choices = [
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=r.answer, reasoning_content=r.reasoning),
-                    finish_reason=_finish_reason(r),
-                    glimp=traces[i] if per_choice else None,
-                )
-                for i, r in enumerate(results)
-            ]
-            response = ChatCompletionResponse(
-                id=request_id,
-                model=self.model_name,
-                choices=choices,
-                usage=usage,
-                glimp=None if per_choice else traces[0],
-            )
-        else:
-            texts = [
-                CompletionChoice(
-                    index=i,
-                    text=r.answer,
-                    reasoning_content=r.reasoning,
-                    finish_reason=_finish_reason(r),
-                    glimp=traces[i] if per_choice else None,
-                )
-                for i, r in enumerate(results)
-            ]
-            response = CompletionResponse(
-                id=request_id,
-                model=self.model_name,
-                choices=texts,
-                usage=usage,
-                glimp=None if per_choice else traces[0],
-            )
-        return response.model_dump()
-
-    async def _stream(
-        self, body: Any, request_id: str, firsts: list[Any], runs: list[AsyncGenerator[Any, None]], chat: bool
-    ) -> AsyncIterator[str]:
-        """The choices' events as SSE chunks, each choice's in order, the choices interleaved as
-        their steps complete; then the usage (with ``stream_options.include_usage``) and ``[DONE]``."""
-        created = now()
-
-        def chunk(
-            index: int,
-            delta: DeltaMessage | None,
-            finish: Any = None,
-            usage: UsageInfo | None = None,
-            **extensions: Any,
-        ) -> str:
-            """One SSE event: a chat chunk, or a completion chunk (its text is the delta's content)."""
-            envelope: dict[str, Any] = {"id": request_id, "created": created, "model": self.model_name}
-            data: ChatCompletionChunk | CompletionResponse
-            if chat:
-                choices = [ChatChunkChoice(index=index, delta=delta, finish_reason=finish)] if delta is not None else []
-                data = ChatCompletionChunk(**envelope, choices=choices, usage=usage, **extensions)
-            else:
-                texts = []
-                if delta is not None:
-                    part = CompletionChoice(
-                        index=index,
-                        text=delta.content or "",
-                        reasoning_content=delta.reasoning_content,
-                        finish_reason=finish,
-                    )
-                    texts.append(part)
-                data = CompletionResponse(**envelope, choices=texts, usage=usage, **extensions)
-            return _sse(data.model_dump())
-
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-        async def pump(index: int, event: Any, run: AsyncGenerator[Any, None]) -> None:
-            try:
-                while True:
-                    await queue.put((index, event))
-                    if isinstance(event, CollabResult):
-                        return
-                    event = await self._guard(run.__anext__())
-            except Exception as exc:
-                await queue.put((index, exc))
-
-        pumps: list[asyncio.Task[None]] = []
-
-        async def next_event() -> tuple[int, Any]:
-            """The next event of any choice: one choice's in place, several through their pumps."""
-            if len(runs) == 1:
-                return 0, firsts.pop() if firsts else await self._guard(runs[0].__anext__())
-            if not pumps:
-                pumps.extend(_detached(pump(i, firsts[i], run)) for i, run in enumerate(runs))
-            index, event = await queue.get()
-            if isinstance(event, Exception):
-                raise event
-            return index, event
-
-        try:
-            if chat:
-                for index in range(len(runs)):
-                    yield chunk(index, DeltaMessage(role="assistant", content=""))
-            results: dict[int, CollabResult] = {}
-            while len(results) < len(runs):
-                index, event = await next_event()
-                if isinstance(event, StepRecord):
-                    # With return_trace, each step's record travels with its text (live trace).
-                    live = event.to_dict() if body.glimp.return_trace else None
-                    yield chunk(index, DeltaMessage(reasoning_content=event.text), glimp_step=live)
-                else:
-                    results[index] = event
-                    yield chunk(index, DeltaMessage(content=event.answer))
-                    trace = _trace(event) if body.glimp.return_trace else None
-                    yield chunk(index, DeltaMessage(), _finish_reason(event), glimp=trace)
-            if body.stream_options and body.stream_options.include_usage:
-                yield chunk(0, None, usage=_usage([results[i] for i in range(len(runs))], body.n))
-        except APIError as exc:
-            yield _sse(exc.body)
-        except Exception as exc:  # the stream has started: report in-band, never hang
-            yield _sse(error_body(f"internal error: {type(exc).__name__}: {exc}", "internal_error"))
-        finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for run in runs:
-                await run.aclose()  # releases the sessions (also on client disconnect)
-        yield "data: [DONE]\n\n"
 
     async def pool_stats(self, pool: str) -> dict[str, Any]:
         """A replica's counters (``handle.pool_stats.remote("small")``), for tests."""

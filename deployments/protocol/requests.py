@@ -1,45 +1,46 @@
-"""The OpenAI-compatible wire format (fields in OpenAI's order), with GlimpRouter's knobs
-in one marked extension field, ``glimp``.
+"""The requests of the OpenAI-compatible API (fields in OpenAI's order), with GlimpRouter's
+knobs in one marked extension field, ``glimp``.
 
 Requests are parsed strictly from the JSON body (vLLM's OpenAI server is the reference): JSON
 booleans only, no numbers as strings, finite numbers only. Fields that would change what the
-client gets back and that this server cannot honour (tool calls it must make, JSON output,
-log-probabilities, penalties) are refused with a 400 naming the field; fields that change
-nothing here (``user``, ``metadata``, ``tools`` the model may ignore, ...) are accepted.
+client gets back and that this server cannot honour (JSON output, log-probabilities, penalties)
+are refused with a 400 naming the field; fields that change nothing here (``user``,
+``metadata``, ...) are accepted.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from deployments.protocol.tools import ToolCallIn, ToolChoice, ToolDefinition
+from deployments.protocol.wire import INT64_MAX, INT64_MIN, WireRequest
 from glimp_ray.policies import RandomP
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_STRINGS = 16  # OpenAI allows 4, vLLM any number; eval harnesses send 5 or more
 MAX_TOP_K = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
-
-
-class ChatMessage(_Wire):
+class ChatMessage(WireRequest):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = Field(
-        description="Text, or a list of text parts (joined with newlines, as vLLM does); null is empty."
+        None, description="Text, or a list of text parts (joined with newlines, as vLLM does); null is empty."
     )
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, description="The calls an assistant message made.")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
+
+    @model_validator(mode="after")
+    def _fields_of_its_role(self) -> ChatMessage:
+        calls = self.role == "assistant" and self.tool_calls
+        if "content" not in self.model_fields_set and not calls:
+            raise ValueError("content is required (null is empty)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     @field_validator("content")
     @classmethod
@@ -61,16 +62,25 @@ class ChatMessage(_Wire):
             return self.content
         return "\n".join(part["text"] for part in self.content)
 
+    def template_message(self) -> dict[str, Any]:
+        """As the chat template takes it: role and text, and the calls made or answered."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.template_call() for call in self.tool_calls]
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
-class StreamOptions(_Wire):
+
+class StreamOptions(WireRequest):
     include_usage: bool = False
 
 
-class ResponseFormat(_Wire):
+class ResponseFormat(WireRequest):
     type: str
 
 
-class GlimpOptions(_Wire):
+class GlimpOptions(WireRequest):
     """GlimpRouter extensions (send with the openai client as ``extra_body={"glimp": ...}``)."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
@@ -92,8 +102,24 @@ class GlimpOptions(_Wire):
     step_max_tokens: int | None = Field(None, ge=1)
     return_trace: bool = Field(False, description="Include the per-step trace in the response.")
 
+    def overrides(self) -> dict[str, Any]:
+        """The loop's parameters these options set (``None``: the app's)."""
+        return {
+            "preset": self.preset,
+            "threshold": self.threshold,
+            "policy": self.policy,
+            "mode": self.mode,
+            "entropy": self.entropy,
+            "top_k": self.top_k,
+            "random_p": self.random_p,
+            "thinking_budget": self.thinking_budget,
+            "step_max_tokens": self.step_max_tokens,
+        }
 
-class _Request(_Wire):
+
+class _Request(WireRequest):
+    """What chat and text completions share."""
+
     model: str
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -139,22 +165,14 @@ class _Request(_Wire):
         return None
 
     def overrides(self) -> dict[str, Any]:
-        g = self.glimp
+        """The loop's parameters this request sets (``None``: the app's)."""
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
             "answer_max_tokens": self.answer_max_tokens,
             "stop": self.stop_strings(),
-            "preset": g.preset,
-            "threshold": g.threshold,
-            "policy": g.policy,
-            "mode": g.mode,
-            "entropy": g.entropy,
-            "top_k": g.top_k,
-            "random_p": g.random_p,
-            "thinking_budget": g.thinking_budget,
-            "step_max_tokens": g.step_max_tokens,
+            **self.glimp.overrides(),
         }
 
 
@@ -164,8 +182,8 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = Field(None, description="Default: auto with tools, none without.")
+    tools: list[ToolDefinition] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @property
@@ -179,13 +197,9 @@ class ChatCompletionRequest(_Request):
             return "top_logprobs", "logprobs are not supported"
         if self.response_format is not None and self.response_format.type != "text":
             return "response_format", f"response_format {self.response_format.type!r} is not supported; only 'text'"
-        if self.tool_choice == "required" or isinstance(self.tool_choice, dict):
-            return "tool_choice", "tool calls are not supported; tool_choice may be 'auto' or 'none'"
-        if isinstance(self.tool_choice, str) and self.tool_choice not in ("auto", "none", "required"):
-            return "tool_choice", f"unknown tool_choice {self.tool_choice!r}"
         return super().unsupported()
 
-    def chat_messages(self) -> list[dict[str, str]]:
+    def chat_messages(self) -> list[dict[str, Any]]:
         return chat_messages(self.messages)
 
     def text_chars(self) -> int:
@@ -254,7 +268,7 @@ def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[
     return list(prompt)  # type: ignore[arg-type]
 
 
-class TokenizeRequest(_Wire):
+class TokenizeRequest(WireRequest):
     """vLLM's ``/tokenize``: a prompt, or chat messages rendered by the chat template."""
 
     model: str | None = None
@@ -277,147 +291,11 @@ class TokenizeRequest(_Wire):
         return sum(len(m.text()) for m in self.messages or ())
 
 
-class DetokenizeRequest(_Wire):
+class DetokenizeRequest(WireRequest):
     model: str | None = None
     tokens: list[int] = Field(min_length=1)
 
 
-# --- responses ----------------------------------------------------------------------------
-
-# Optional fields left out of the JSON when absent; every other field is always written (a
-# chunk's ``finish_reason`` is null until the last one, as OpenAI sends it).
-_OMITTED_WHEN_NONE = frozenset({"usage", "glimp", "glimp_step", "role", "content", "reasoning_content"})
-
-
-class _Response(BaseModel):
-    @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k not in _OMITTED_WHEN_NONE}
-
-
-class UsageInfo(_Response):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
-
-
-class AssistantMessage(_Response):
-    role: Literal["assistant"] = "assistant"
-    content: str
-    reasoning_content: str | None = Field(None, description="The thinking (vLLM's reasoning-parser field).")
-
-
-class ChatChoice(_Response):
-    index: int = 0
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    # --- extensions -------------------------------------------------------------
-    glimp: dict[str, Any] | None = Field(None, description="This choice's trace, when the response has several.")
-
-
-class ChatCompletionResponse(_Response):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: now())
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-    # --- extensions -------------------------------------------------------------
-    glimp: dict[str, Any] | None = Field(None, description="The per-step trace, with glimp.return_trace.")
-
-
-class DeltaMessage(_Response):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-
-
-class ChatChunkChoice(_Response):
-    index: int = 0
-    delta: DeltaMessage
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: UsageInfo | None = None
-    # --- extensions -------------------------------------------------------------
-    glimp: dict[str, Any] | None = None
-    glimp_step: dict[str, Any] | None = Field(None, description="The step's record, with glimp.return_trace.")
-
-
-class CompletionChoice(_Response):
-    index: int = 0
-    text: str
-    reasoning_content: str | None = None
-    finish_reason: Literal["stop", "length"] | None = None
-    # --- extensions -------------------------------------------------------------
-    glimp: dict[str, Any] | None = Field(None, description="This choice's trace, when the response has several.")
-
-
-class CompletionResponse(_Response):
-    """A completion, or one chunk of a streamed one (OpenAI uses one object type for both)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: now())
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-    # --- extensions -------------------------------------------------------------
-    glimp: dict[str, Any] | None = None
-    glimp_step: dict[str, Any] | None = None
-
-
-class ModelCard(_Response):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: now())
-    owned_by: str = "glimp-ray"
-
-
-class ModelList(_Response):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorInfo(_Response):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(_Response):
-    error: ErrorInfo
-
-
-def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role and text."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them."""
+    return [m.template_message() for m in messages]

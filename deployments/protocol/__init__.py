@@ -1,0 +1,60 @@
+"""The OpenAI-compatible wire format: requests, responses, tool calls and the Responses API, in
+pydantic models with OpenAI's field order and GlimpRouter's knobs in marked extension fields."""
+
+from deployments.protocol.requests import (
+    MAX_STOP_STRINGS,
+    MAX_TOP_K,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    DetokenizeRequest,
+    GlimpOptions,
+    Prompt,
+    TokenizeRequest,
+    chat_messages,
+)
+from deployments.protocol.responses import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionResponse,
+    DeltaMessage,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+)
+from deployments.protocol.wire import INT64_MAX, INT64_MIN, error_body, new_id, now
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_STOP_STRINGS",
+    "MAX_TOP_K",
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatMessage",
+    "CompletionChoice",
+    "CompletionRequest",
+    "CompletionResponse",
+    "DeltaMessage",
+    "DetokenizeRequest",
+    "FinishReason",
+    "GlimpOptions",
+    "ModelCard",
+    "ModelList",
+    "Prompt",
+    "TokenizeRequest",
+    "UsageInfo",
+    "chat_messages",
+    "error_body",
+    "new_id",
+    "now",
+]
