@@ -99,9 +99,7 @@ class ResponsesWriter:
         return response
 
     def _tool_choice(self) -> str | dict[str, Any]:
-        choice = self.body.tool_choice
-        if choice is None:
-            return "auto" if self.body.tools else "none"
+        choice = self.body.tool_choice or "auto"  # OpenAI's default, tools or not
         return choice if isinstance(choice, str) else choice.model_dump()
 
     def _output(self, result: CollabResult) -> list[OutputItem]:

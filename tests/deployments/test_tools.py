@@ -4,10 +4,7 @@ through HTTP on a router over scripted engines (no Ray), whose answer is a tool 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,14 +13,13 @@ import pytest
 pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
-from deployments import flow  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
 from glimp_ray.tools import ParsedAnswer, ToolCallText, parse_tool_calls, with_tool_prompt  # noqa: E402
+from tests.deployments.in_process import MODEL, router_over, serve  # noqa: E402
 
 # Ray's class-based ingress leaves a wrapper whose async __del__ Python never awaits.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'ingress.*__del__' was never awaited:RuntimeWarning")
 
-MODEL = "glimp-test"
 WEATHER = {
     "type": "function",
     "function": {
@@ -114,52 +110,6 @@ def test_the_tool_prompt_renders_as_the_template_renders_tools(qwen3_tokenizer: 
 # --- the API, on a router over scripted engines -------------------------------------------
 
 
-def router_over(small: ScriptedEngine, large: ScriptedEngine, /, **app: Any) -> Any:
-    """A GlimpRouter (the class behind the Serve deployment) over in-process scripted engines."""
-    from deployments.config import AppConfig
-    from deployments.router import GlimpRouter
-
-    config = {
-        "small": {"model": "small"},
-        "large": {"model": "large"},
-        "routing": {"threshold": 1.0},
-        "sampling": {"temperature": 0.0},
-        "serving": {"model_name": MODEL, "tracing": {"exporter": "none"}},
-        **app,
-    }
-    cls = GlimpRouter.func_or_class
-    router = cls.__new__(cls)
-    router.pools = {}
-    router._serve(AppConfig.model_validate(config), small, large)
-    return router
-
-
-@pytest.fixture
-def serve_router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
-    """``serve_router(router, scenario)``: runs ``await scenario(base_url, http_client)`` against the
-    router's FastAPI app in process (Serve's class-based view finds the router through the
-    replica context, stood in for here)."""
-    import ray.serve
-
-    from deployments import auth
-    from deployments.router import app
-
-    monkeypatch.setattr(flow, "_FLOW", None)
-
-    def run(router: Any, scenario: Callable[[str, httpx.AsyncClient], Awaitable[Any]]) -> Any:
-        monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=router))
-
-        async def main() -> Any:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://router", timeout=30) as client:
-                return await scenario("http://router", client)
-
-        return asyncio.run(main())
-
-    yield run
-    auth.configure(auth.ApiKeys())
-
-
 def engines(answer: str = CALL) -> tuple[ScriptedEngine, ScriptedEngine]:
     return ScriptedEngine("small", THINKING), ScriptedEngine("large", THINKING, answer=answer)
 
@@ -173,13 +123,13 @@ def rendered_messages(engine: ScriptedEngine) -> list[dict[str, Any]]:
     return [dict(m) for m in engine.calls[-1].messages or ()]
 
 
-def test_a_tool_call_comes_back_as_tool_calls(serve_router: Any) -> None:
+def test_a_tool_call_comes_back_as_tool_calls() -> None:
     small, large = engines("Checking.\n" + CALL)
 
     async def scenario(base: str, http: httpx.AsyncClient) -> Any:
         return await client_of(base, http).chat.completions.create(model=MODEL, messages=QUESTION, tools=[WEATHER])
 
-    response = serve_router(router_over(small, large), scenario)
+    response = serve(router_over(small, large), scenario)
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "Checking.\n"
@@ -191,32 +141,32 @@ def test_a_tool_call_comes_back_as_tool_calls(serve_router: Any) -> None:
     assert system["role"] == "system" and '"name": "get_weather"' in system["content"]
 
 
-def test_tool_choice_none_neither_offers_nor_parses_the_tools(serve_router: Any) -> None:
+def test_tool_choice_none_neither_offers_nor_parses_the_tools() -> None:
     small, large = engines()
 
     async def scenario(base: str, http: httpx.AsyncClient) -> Any:
         client = client_of(base, http)
         return await client.chat.completions.create(model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice="none")
 
-    response = serve_router(router_over(small, large), scenario)
+    response = serve(router_over(small, large), scenario)
     assert response.choices[0].finish_reason == "stop" and response.choices[0].message.tool_calls is None
     assert response.choices[0].message.content == CALL
     assert rendered_messages(large) == QUESTION
 
 
-def test_without_tools_an_answer_that_looks_like_a_call_is_text(serve_router: Any) -> None:
+def test_without_tools_an_answer_that_looks_like_a_call_is_text() -> None:
     small, large = engines()
 
     async def scenario(base: str, http: httpx.AsyncClient) -> Any:
         return (await http.post(f"{base}/v1/chat/completions", json={"model": MODEL, "messages": QUESTION})).json()
 
-    body = serve_router(router_over(small, large), scenario)
+    body = serve(router_over(small, large), scenario)
     message = body["choices"][0]["message"]
     assert message["content"] == CALL and "tool_calls" not in message
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
-def test_streamed_tool_calls_arrive_as_a_delta_and_rebuild_the_same_call(serve_router: Any) -> None:
+def test_streamed_tool_calls_arrive_as_a_delta_and_rebuild_the_same_call() -> None:
     small, large = engines()
 
     async def scenario(base: str, http: httpx.AsyncClient) -> Any:
@@ -225,7 +175,7 @@ def test_streamed_tool_calls_arrive_as_a_delta_and_rebuild_the_same_call(serve_r
         )
         return [chunk async for chunk in stream]
 
-    chunks = serve_router(router_over(small, large), scenario)
+    chunks = serve(router_over(small, large), scenario)
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = "".join(d.model_extra.get("reasoning_content") or "" for d in deltas)
     assert reasoning.startswith("The user wants the weather.")
@@ -236,7 +186,7 @@ def test_streamed_tool_calls_arrive_as_a_delta_and_rebuild_the_same_call(serve_r
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
-def test_calls_and_tool_results_in_the_history_reach_the_template(serve_router: Any) -> None:
+def test_calls_and_tool_results_in_the_history_reach_the_template() -> None:
     small, large = engines("It is 18 degrees in Paris.")
     function = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     history = [
@@ -248,7 +198,7 @@ def test_calls_and_tool_results_in_the_history_reach_the_template(serve_router: 
     async def scenario(base: str, http: httpx.AsyncClient) -> Any:
         return await client_of(base, http).chat.completions.create(model=MODEL, messages=history, tools=[WEATHER])
 
-    response = serve_router(router_over(small, large), scenario)
+    response = serve(router_over(small, large), scenario)
     assert response.choices[0].finish_reason == "stop"
     assert response.choices[0].message.content == "It is 18 degrees in Paris."
     sent = rendered_messages(large)[1:]  # after the system message with the tools
@@ -293,21 +243,21 @@ def test_calls_and_tool_results_in_the_history_reach_the_template(serve_router: 
     ],
 )
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(
-    serve_router: Any, fields: dict[str, Any], param: str, words: list[str]
+    fields: dict[str, Any], param: str, words: list[str]
 ) -> None:
     small, large = engines()
 
     async def scenario(base: str, http: httpx.AsyncClient) -> httpx.Response:
         return await http.post(f"{base}/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, **fields})
 
-    response = serve_router(router_over(small, large), scenario)
+    response = serve(router_over(small, large), scenario)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and all(w in error["message"] for w in words), error
     assert not large.calls and not small.calls  # refused before any model call
 
 
-def test_the_named_engine_is_the_one_that_writes_the_answer(serve_router: Any) -> None:
+def test_the_named_engine_is_the_one_that_writes_the_answer() -> None:
     small, large = engines()
     body = {"model": MODEL, "messages": QUESTION, "tools": [WEATHER], "tool_choice": "required"}
     body["glimp"] = {"policy": "small"}  # the small model then answers too
@@ -316,6 +266,6 @@ def test_the_named_engine_is_the_one_that_writes_the_answer(serve_router: Any) -
         return await http.post(f"{base}/v1/chat/completions", json=body)
 
     vllm_small = {"small": {"model": "small", "engine": "vllm"}, "routing": {"threshold": 1.0, "entropy": "topk"}}
-    response = serve_router(router_over(small, large, **vllm_small), scenario)
+    response = serve(router_over(small, large, **vllm_small), scenario)
     assert response.status_code == 400
     assert "vllm engine serving the small pool" in response.json()["error"]["message"]
