@@ -23,21 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
+import os
 import random
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glimp_ray.plan_model import POOLS, fit_curves, mean_glimpse_s, traced_profile
-from glimp_ray.profile import EngineProfile
 from glimp_ray.sim import PoolSpec, SimConfig, TraceTimes, simulate
+from glimp_ray.sim.calibrate import calibrate as calibrate_pools
 from glimp_ray.traces import TracedRequest, requests_from_spans
 
 APP = "simcheck"
@@ -119,9 +117,18 @@ def measure(rates: list[float], seconds: float, out: Path, port: int) -> None:
         asyncio.run(poisson_load(url, 1.0, 15, seed=99))  # warm-up (not recorded): caches, JIT, first calls
         runs = []
         for i, rate in enumerate(rates):
-            began = time.time()
+            began, load = time.time(), os.getloadavg()
             results = asyncio.run(poisson_load(url, rate, seconds, seed=i))
-            runs.append({"rate": rate, "began": began, "ended": time.time(), "requests": results})
+            runs.append(
+                {
+                    "rate": rate,
+                    "began": began,
+                    "ended": time.time(),
+                    "load_before": load,  # the machine's 1, 5 and 15 minute load averages
+                    "load_after": os.getloadavg(),
+                    "requests": results,
+                }
+            )
             ok = [lat for _, lat, status in results if status == 200]
             print(f"measured {rate:g}/s: {len(ok)}/{len(results)} ok, p50 {np.percentile(ok, 50):.3f} s", flush=True)
             time.sleep(3)
@@ -133,30 +140,6 @@ def measure(rates: list[float], seconds: float, out: Path, port: int) -> None:
         finally:
             ray.shutdown()
             cluster.shutdown()
-
-
-def binned_profile(requests: list[TracedRequest], pool: str, glimpse_s: float) -> EngineProfile:
-    """ℓ(b) as the deployment ran: traced calls' seconds per token (model time over tokens, token
-    weighted) binned by the mean calls their replica ran (1, 2, 4, ...: nearest in log), kept
-    non-decreasing; a curve fitted through all of them (:func:`fit_curves`) extends it."""
-    bins: dict[int, list[tuple[float, float]]] = {}
-    for r in requests:
-        for call in r.calls:
-            if call.route == pool and call.tokens > 0 and call.model_s > 0:
-                b = 2 ** round(math.log2(max(call.concurrency, 1.0)))
-                bins.setdefault(b, []).append((call.model_s / call.tokens, call.tokens))
-    decode_s: dict[int, float] = {}
-    highest = 0.0
-    for b in sorted(bins):
-        if sum(w for _, w in bins[b]) < 50:  # too few tokens to trust
-            continue
-        mean = float(np.average([s for s, _ in bins[b]], weights=[w for _, w in bins[b]]))
-        highest = max(highest, mean)
-        decode_s[b] = highest
-    if not decode_s:
-        return traced_profile(pool, fit_curves(requests)[pool], 32, glimpse_s)
-    base = traced_profile(pool, fit_curves(requests)[pool], 32, glimpse_s)
-    return replace(base, decode_s=decode_s, notes={"source": "binned from traced calls in the deployment"})
 
 
 def neighbours(runs: list[dict[str, Any]], i: int) -> list[int]:
@@ -172,138 +155,204 @@ def neighbours(runs: list[dict[str, Any]], i: int) -> list[int]:
     return near
 
 
+def calibration_runs(runs: list[dict[str, Any]], i: int, calibrate: str) -> list[int]:
+    if calibrate == "own":
+        return [i]
+    if calibrate == "others":
+        return [j for j in range(len(runs)) if j != i]
+    return neighbours(runs, i)
+
+
 def split_by_run(requests: list[TracedRequest], runs: list[dict[str, Any]]) -> list[list[TracedRequest]]:
+    """Each run's traced requests, in the order they started."""
     out: list[list[TracedRequest]] = [[] for _ in runs]
     for r in requests:
         for i, run in enumerate(runs):
             if r.start_s is not None and run["began"] <= r.start_s <= run["ended"] + 1:
                 out[i].append(r)
-    return out
+    return [sorted(rs, key=lambda r: r.start_s or 0.0) for rs in out]
 
 
-def overheads(requests: list[TracedRequest], latencies: dict[int, float]) -> tuple[float, float]:
-    """(per request, per call): least squares of client latency − model seconds on calls."""
-    xs, ys = [], []
-    for r in requests:
-        if id(r) in latencies:
-            calls = len(r.calls) + sum(s.glimpse_model_s > 0 and s.route == "large" for s in r.steps)
-            xs.append(calls)
-            ys.append(latencies[id(r)] - sum(c.model_s + c.glimpse_model_s for c in r.calls))
-    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
-    if slope < 0:
-        return max(float(statistics.median(ys)), 0.0), 0.0
-    return max(float(intercept), 0.0), float(slope)
-
-
-def call_overhead(requests: list[TracedRequest], run: dict[str, Any]) -> float:
-    """Mean over a run's requests of (client latency − traced model seconds) per call (the mean: its tail
-    is part of the latency)."""
-    latencies = match_latencies(requests, run)
-    per_call = []
-    for r in requests:
-        if id(r) in latencies:
-            calls = len(r.calls) + sum(s.glimpse_model_s > 0 and s.route == "large" for s in r.steps)
-            per_call.append((latencies[id(r)] - sum(c.model_s + c.glimpse_model_s for c in r.calls)) / calls)
-    return max(float(np.mean(per_call)), 0.0)
-
-
-def match_latencies(requests: list[TracedRequest], run: dict[str, Any]) -> dict[int, float]:
-    """Each traced request's client latency: the sent request closest in start time."""
+def match_latencies(requests: list[TracedRequest], run: dict[str, Any]) -> dict[int, tuple[float, float]]:
+    """Each traced request's (send time, client latency): in order when every sent request was
+    traced (they are the same requests), else the sent request closest in start time."""
     sent = sorted((s, lat) for s, lat, status in run["requests"] if status == 200)
+    if len(sent) == len(requests):
+        return {id(r): pair for r, pair in zip(requests, sent, strict=True)}
     times = np.asarray([s for s, _ in sent])
     found = {}
     for r in requests:
-        if r.start_s is None or not len(times):
-            continue
-        i = int(np.argmin(np.abs(times - r.start_s)))
-        found[id(r)] = sent[i][1]
+        if r.start_s is not None and len(times):
+            found[id(r)] = sent[int(np.argmin(np.abs(times - r.start_s)))]
     return found
 
 
-def simulate_runs(out: Path, seed: int = 0, calibrate: str = "neighbours") -> list[dict[str, float]]:
+def pool_calls(request: TracedRequest) -> int:
+    """The pool calls a traced request made: its steps and answer, and a glimpse before each large step."""
+    return len(request.calls) + sum(s.glimpse_model_s > 0 and s.route == "large" for s in request.steps)
+
+
+def in_flight(requests: list[TracedRequest]) -> dict[int, float]:
+    """Each request's mean number of requests running (itself included) while it ran."""
+    spans = sorted((r.start_s, r.end_s) for r in requests if r.start_s is not None and r.end_s is not None)
+    found = {}
+    for r in requests:
+        if r.start_s is None or r.end_s is None or r.end_s <= r.start_s:
+            continue
+        overlap = sum(max(0.0, min(r.end_s, e) - max(r.start_s, s)) for s, e in spans if s < r.end_s and e > r.start_s)
+        found[id(r)] = overlap / (r.end_s - r.start_s)
+    return found
+
+
+def overhead_samples(
+    requests: list[TracedRequest], run: dict[str, Any], queue_s: dict[str, float]
+) -> list[tuple[float, float]]:
+    """(requests in flight, seconds per pool call outside the models) for each of a run's
+    requests: client latency − traced model seconds − (``queue_s`` given) the engines' queue."""
+    latencies = match_latencies(requests, run)
+    running = in_flight(requests)
+    samples = []
+    for r in requests:
+        if id(r) in latencies and id(r) in running:
+            outside = latencies[id(r)][1] - sum(c.model_s + c.glimpse_model_s for c in r.calls)
+            samples.append((running[id(r)], (outside - queue_s.get(r.trace_id, 0.0)) / pool_calls(r)))
+    return samples
+
+
+def engine_queue_s(spans: list[dict[str, Any]]) -> dict[str, float]:
+    """Per trace, the seconds its calls waited in the engines for a forward to join."""
+    queued: dict[str, float] = {}
+    for span in spans:
+        value = span.get("attributes", {}).get("glimp.queue_s")
+        if value is not None:
+            queued[span["trace_id"]] = queued.get(span["trace_id"], 0.0) + float(value)
+    return queued
+
+
+def simulate_runs(
+    out: Path, calibrate: str = "neighbours", model: str = "shared", seeds: int = 8
+) -> list[dict[str, float]]:
+    """Simulate every run from the traces of ``calibrate``'s runs (see the module docstring)."""
     data = json.loads((out / "measured.json").read_text())
     runs = data["runs"]
     spans = [json.loads(line) for line in (out / "spans.jsonl").read_text().splitlines() if line.strip()]
     per_run = split_by_run(requests_from_spans(spans), runs)
+    queue_s = engine_queue_s(spans) if model == "shared" else {}
     rows = []
     for i, run in enumerate(runs):
-        use = [i] if calibrate == "own" else neighbours(runs, i)
-        others = [r for j in use for r in per_run[j]]
-        latencies: dict[int, float] = {}
-        for j, rs in enumerate(per_run):
-            if j in use:
-                latencies.update(match_latencies(rs, runs[j]))
-        glimpse = mean_glimpse_s(others)
-        # The router's and Ray's time per call grows with load here (they share the 2 cores with
-        # the replicas): each calibration run's median per call, interpolated at this rate.
-        per_call = float(
-            np.interp(run["rate"], [runs[j]["rate"] for j in use], [call_overhead(per_run[j], runs[j]) for j in use])
-        )
-        per_request = 0.0
-        pools = {pool: PoolSpec(binned_profile(others, pool, glimpse if pool == "small" else 0.0), 1) for pool in POOLS}
-        sent = [s for s, _, status in run["requests"] if status == 200]
-        config = SimConfig(
-            requests=per_run[i],
-            pools=pools,
-            arrivals=TraceTimes(tuple(sent)),
-            duration_s=data["seconds"] + 1,
-            router_overhead_s=per_request,
-            call_overhead_s=per_call,
-            seed=seed,
-        )
-        sim = simulate(config)
+        use = sorted(calibration_runs(runs, i, calibrate), key=lambda j: runs[j]["rate"])
+        calibration = calibrate_pools([r for j in use for r in per_run[j]], shared_machine=model == "shared")
+        pools = {
+            pool: PoolSpec(profile, 1, joins_at_forward=model == "shared")
+            for pool, profile in calibration.profiles.items()
+        }
+        per_request_s = 0.0
+        if model == "shared":
+            # The router's time per call grows with the requests it runs (it shares the cores):
+            # a line through every calibration request's (in flight, seconds per call outside
+            # the models and the engines' queues).
+            samples = [x for j in use for x in overhead_samples(per_run[j], runs[j], queue_s)]
+            slope, per_call = np.polyfit([x for x, _ in samples], [y for _, y in samples], 1)
+            per_request_s = max(float(slope), 0.0)
+            per_call = max(float(per_call), 0.0) if per_request_s else float(np.mean([y for _, y in samples]))
+        else:
+            # Per call: each calibration run's mean, interpolated at this rate.
+            means = [float(np.mean([y for _, y in overhead_samples(per_run[j], runs[j], {})])) for j in use]
+            per_call = max(float(np.interp(run["rate"], [runs[j]["rate"] for j in use], means)), 0.0)
+        requests = per_run[i]
+        sent = match_latencies(requests, run)
+        times = tuple(sent[id(r)][0] for r in requests if id(r) in sent)
+        requests = [r for r in requests if id(r) in sent]
+        p50, p95 = [], []
+        for seed in range(seeds if model == "shared" else 1):
+            config = SimConfig(
+                requests=requests,
+                pools=pools,
+                arrivals=TraceTimes(times),
+                duration_s=data["seconds"] + 1,
+                call_overhead_s=per_call,
+                call_overhead_per_request_s=per_request_s,
+                seed=seed,
+                in_order=True,
+                contention=calibration.contention,
+                noise=calibration.noise,
+            )
+            sim = simulate(config)
+            p50.append(sim.p50_s)
+            p95.append(sim.p95_s)
         measured = [lat for _, lat, status in run["requests"] if status == 200]
         m50, m95 = (float(v) for v in np.percentile(measured, [50, 95]))
+        s50, s95 = float(np.mean(p50)), float(np.mean(p95))
         rows.append(
             {
                 "rate": run["rate"],
                 "requests": len(measured),
                 "measured_p50_s": m50,
                 "measured_p95_s": m95,
-                "sim_p50_s": sim.p50_s,
-                "sim_p95_s": sim.p95_s,
-                "err_p50": sim.p50_s / m50 - 1,
-                "err_p95": sim.p95_s / m95 - 1,
+                "sim_p50_s": s50,
+                "sim_p95_s": s95,
+                "sim_p95_low_s": min(p95),
+                "sim_p95_high_s": max(p95),
+                "err_p50": s50 / m50 - 1,
+                "err_p95": s95 / m95 - 1,
+                "calibrated_from": [runs[j]["rate"] for j in use],
+                "call_overhead_s": per_call,
+                "call_overhead_per_request_s": per_request_s,
+                "contention": {k: dict(v) for k, v in calibration.contention.busy_s.items()}
+                if calibration.contention
+                else None,
+                "noise": asdict(calibration.noise) if calibration.noise else None,
+                "decode_s": {p: calibration.profiles[p].decode_s for p in calibration.profiles},
             }
         )
     return rows
 
 
-def table(rows: list[dict[str, float]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| rate (req/s) | requests | measured p50 (s) | measured p95 (s) | simulated p50 (s) | simulated p95 (s) "
-        "| error p50 | error p95 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| error p50 | error p95 | simulated p95, seeds' range (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['rate']:g} | {r['requests']:.0f} | {r['measured_p50_s']:.3f} | {r['measured_p95_s']:.3f} "
-            f"| {r['sim_p50_s']:.3f} | {r['sim_p95_s']:.3f} | {r['err_p50']:+.1%} | {r['err_p95']:+.1%} |"
+            f"| {r['sim_p50_s']:.3f} | {r['sim_p95_s']:.3f} | {r['err_p50']:+.1%} | {r['err_p95']:+.1%} "
+            f"| {r['sim_p95_low_s']:.2f}–{r['sim_p95_high_s']:.2f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="0.5,1.5,3,4.5", help="comma-separated Poisson rates (requests/s)")
+    parser.add_argument("--rates", default="0.5,1,1.5,2,2.5", help="comma-separated Poisson rates (requests/s)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of arrivals per rate")
     parser.add_argument("--out", default="/tmp/glimp-simcheck", help="where measurements and spans go")
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument(
         "--calibrate",
-        choices=("neighbours", "own"),
+        choices=("neighbours", "others", "own"),
         default="neighbours",
-        help="pools and overheads from the traces of the nearest lower and higher rates (default: held out) "
-        "or from the rate's own traces (in-sample)",
+        help="pools and overheads from the traces of the nearest lower and higher rates (default), of every "
+        "other rate (both held out), or of the rate's own traces (in-sample)",
     )
+    parser.add_argument(
+        "--model",
+        choices=("shared", "pool"),
+        default="shared",
+        help="shared (default): the pools and the router share this machine's cores (contention between the "
+        "pools, the machine's speed noise, joins at forward boundaries, router time growing with the requests "
+        "in flight); pool: each pool's curve of its own concurrency only, a constant time per call",
+    )
+    parser.add_argument("--seeds", type=int, default=8, help="simulations per rate with the shared model (averaged)")
     parser.add_argument("--from", dest="source", help="re-simulate the measurements saved in this directory")
     args = parser.parse_args(argv)
     out = Path(args.source or args.out)
     if not args.source:
         out.mkdir(parents=True, exist_ok=True)
         measure([float(r) for r in args.rates.split(",")], args.seconds, out, args.port)
-    rows = simulate_runs(out, calibrate=args.calibrate)
-    (out / f"table-{args.calibrate}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    rows = simulate_runs(out, calibrate=args.calibrate, model=args.model, seeds=args.seeds)
+    (out / f"table-{args.model}-{args.calibrate}.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return 0
 

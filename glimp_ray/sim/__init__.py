@@ -10,7 +10,10 @@ Public API (the planner and ``glimp-ray simulate`` use it)::
              session_affinity=False, max_concurrency=None)
     SimConfig(requests, pools={"small": ..., "large": ...}, arrivals, duration_s, threshold=None,
               router_overhead_s=0.0, metrics_interval_s=5.0, warmup_s=0.0, seed=0,
-              call_overhead_s=0.0, look_back_s=30.0, timeline_step_s=None)
+              call_overhead_s=0.0, look_back_s=30.0, timeline_step_s=None, in_order=False,
+              call_overhead_per_request_s=0.0, contention=None, noise=None)
+    Contention(busy_s={"large": {"small": 0.013}})   # pools sharing one machine's cores
+    SpeedNoise(sd, correlation_s, call_sd=0.0, shared=True)  # the machine's speed drifts
     simulate(config, progress=False) -> SimResult
         # .p50_s .p95_s .p99_s (requests arriving after warm-up), .timeline, .replicas,
         # .gpu_hours, .cost, .to_dict(), .save(directory) -> sim.json, sim.png
@@ -31,16 +34,19 @@ from __future__ import annotations
 from glimp_ray.sim.arrivals import Arrivals, Diurnal, LoadSteps, Poisson, TraceTimes
 from glimp_ray.sim.config import PoolSpec, SimConfig
 from glimp_ray.sim.engine import simulate
+from glimp_ray.sim.machine import Contention, SpeedNoise
 from glimp_ray.sim.result import SimResult, TimelinePoint
 
 __all__ = [
     "Arrivals",
+    "Contention",
     "Diurnal",
     "LoadSteps",
     "Poisson",
     "PoolSpec",
     "SimConfig",
     "SimResult",
+    "SpeedNoise",
     "TimelinePoint",
     "TraceTimes",
     "simulate",

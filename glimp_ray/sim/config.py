@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from glimp_ray.autoscaling import PoolScaling
 from glimp_ray.profile import EngineProfile
 from glimp_ray.sim.arrivals import Arrivals, as_arrivals
+from glimp_ray.sim.machine import Contention, SpeedNoise
 from glimp_ray.traces import TracedRequest
 
 
@@ -19,6 +20,9 @@ class PoolSpec:
     ``min_replicas``/``max_replicas`` default to the policy's bounds (or ``replicas``);
     ``upscale_delay_s``/``downscale_delay_s`` are Serve's: how long a decision must persist.
     ``max_concurrency`` (calls a replica runs at once) defaults to the profile's.
+    ``joins_at_forward``: a call arriving at a replica that is running a batch waits for the
+    forward in progress to end (a uniform share of ``ℓ(b)``, half of it on average) before it
+    joins, as a continuous-batching engine admits between forwards (off: it joins at once).
     """
 
     profile: EngineProfile
@@ -33,6 +37,7 @@ class PoolSpec:
     downscale_delay_s: float = 300.0
     session_affinity: bool = False
     max_concurrency: int | None = None
+    joins_at_forward: bool = False
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
@@ -63,9 +68,14 @@ class SimConfig:
     """A scenario: traced requests sampled per arrival, pools, arrivals, how long.
 
     ``threshold``: a what-if τ (``None``: the traced routes). ``router_overhead_s``: the router's
-    time per request outside the models; ``call_overhead_s``: per pool call. Latency percentiles
+    time per request outside the models; ``call_overhead_s``: per pool call, plus
+    ``call_overhead_per_request_s`` for every request running at the time (the router's event
+    loop and cores are shared by the requests it runs). Latency percentiles
     count requests arriving after ``warmup_s``. The autoscaler runs every ``metrics_interval_s``
-    and its reports cover the last ``look_back_s``.
+    and its reports cover the last ``look_back_s``. ``in_order``: arrival ``i`` runs
+    ``requests[i]`` (cycling), a trace replayed as it ran, instead of a request drawn at random.
+    ``contention`` and ``noise``: pools sharing one machine (:mod:`glimp_ray.sim.machine`;
+    ``None``: each replica on hardware of its own, at a steady speed).
     """
 
     requests: Sequence[TracedRequest]
@@ -80,6 +90,10 @@ class SimConfig:
     call_overhead_s: float = 0.0
     look_back_s: float = 30.0
     timeline_step_s: float | None = None  # width of the latency timeline's windows (default: ~100 of them)
+    in_order: bool = False
+    call_overhead_per_request_s: float = 0.0
+    contention: Contention | None = None
+    noise: SpeedNoise | None = None
 
     def __post_init__(self) -> None:
         if not self.requests:
@@ -92,6 +106,10 @@ class SimConfig:
             raise ValueError(f"warmup_s must be in [0, duration_s), got {self.warmup_s}")
         if not self.metrics_interval_s > 0 or not self.look_back_s > 0:
             raise ValueError("metrics_interval_s and look_back_s must be > 0")
-        if self.router_overhead_s < 0 or self.call_overhead_s < 0:
-            raise ValueError("router_overhead_s and call_overhead_s must be >= 0")
+        if min(self.router_overhead_s, self.call_overhead_s, self.call_overhead_per_request_s) < 0:
+            raise ValueError("router_overhead_s, call_overhead_s and call_overhead_per_request_s must be >= 0")
         as_arrivals(self.arrivals)  # fails early on a bad arrivals value
+        if self.contention is not None:
+            named = set(self.contention.busy_s) | {q for o in self.contention.busy_s.values() for q in o}
+            if not named <= set(self.pools):
+                raise ValueError(f"contention names pools that are not simulated: {sorted(named - set(self.pools))}")

@@ -1,7 +1,8 @@
 """The simulation itself: arrivals, requests walking their calls through the pools, the autoscaler.
 
 A request waits ``router_overhead_s`` (the router's own time), then runs its calls one after the
-other (the step loop is sequential), each after ``call_overhead_s``. Arrivals stop at
+other (the step loop is sequential), each after ``call_overhead_s`` (plus
+``call_overhead_per_request_s`` per request running then). Arrivals stop at
 ``duration_s``; requests still running then are allowed to finish (up to as long again) so that a
 saturated run's tail is not cut off, and cost is counted over ``[0, duration_s]``.
 """
@@ -18,6 +19,7 @@ import simpy
 from glimp_ray.sim.arrivals import as_arrivals
 from glimp_ray.sim.autoscaler import PoolController, RouterWindow
 from glimp_ray.sim.config import SimConfig
+from glimp_ray.sim.machine import Speed
 from glimp_ray.sim.pool import Pool
 from glimp_ray.sim.result import SimResult, TimelinePoint, percentiles
 from glimp_ray.sim.workload import SimRequest, replays
@@ -30,12 +32,28 @@ class _Run:
         self.rng = random.Random(config.seed)
         self.sampled = replays(config.requests, config.pools, config.threshold)
         self.pools = {name: Pool(self.env, name, spec) for name, spec in config.pools.items()}
+        for name, pool in self.pools.items():
+            pool.join_rng = random.Random(f"join-{config.seed}-{name}")
+        if config.contention is not None:
+            for name, others in config.contention.busy_s.items():
+                for other, busy_s in others.items():
+                    if busy_s > 0:
+                        self.pools[name].slowed_by.append((self.pools[other], busy_s))
+                        self.pools[other].dependents.append(self.pools[name])
+        if config.noise is not None:
+            speed = Speed(self.env, config.noise, config.seed, self._speed_changed)
+            for pool in self.pools.values():
+                pool.speed = speed
         self.router = RouterWindow()
         self.controllers = [PoolController(p) for p in self.pools.values() if p.spec.autoscaling is not None]
         self.done: list[tuple[float, float]] = []  # (arrival, finish)
         self.arrived = 0
         self.running = 0
         self.tokens = dict.fromkeys(self.pools, 0.0)
+
+    def _speed_changed(self) -> None:
+        for pool in self.pools.values():
+            pool.refresh()
 
     def request(self, session: int, work: SimRequest) -> simpy.events.ProcessGenerator:
         env, config = self.env, self.config
@@ -46,8 +64,9 @@ class _Run:
         if config.router_overhead_s:
             yield env.timeout(config.router_overhead_s)
         for call in work.calls:
-            if config.call_overhead_s:
-                yield env.timeout(config.call_overhead_s)
+            overhead = config.call_overhead_s + config.call_overhead_per_request_s * self.running
+            if overhead:
+                yield env.timeout(overhead)
             yield from self.pools[call.pool].call(call, session)
             self.tokens[call.pool] += call.tokens
         self.running -= 1
@@ -59,7 +78,10 @@ class _Run:
         for session, t in enumerate(source.times(self.config.duration_s, self.rng)):
             if t > self.env.now:
                 yield self.env.timeout(t - self.env.now)
-            work = self.sampled[self.rng.randrange(len(self.sampled))]
+            if self.config.in_order:
+                work = self.sampled[session % len(self.sampled)]
+            else:
+                work = self.sampled[self.rng.randrange(len(self.sampled))]
             self.env.process(self.request(session, work))
 
     def control(self) -> simpy.events.ProcessGenerator:

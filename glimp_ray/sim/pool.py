@@ -6,10 +6,15 @@ queue, as calls wait in a Serve handle. With ``session_affinity`` a request's ca
 replica its session hashes to (Serve's consistent-hash router) and wait in that replica's queue.
 A new replica takes ``startup_s`` before it serves (GPU time is paid from its start); a removed
 one takes no new calls, finishes the ones it runs, and then stops.
+
+On a shared machine (:mod:`glimp_ray.sim.machine`) a pool's per-token time also counts the pools
+that slow it while they are busy (``slowed_by``) and the machine's speed (``speed``); the
+simulation wires both.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from glimp_ray.sim.replica import Replica
 
 if TYPE_CHECKING:
     from glimp_ray.sim.config import PoolSpec
+    from glimp_ray.sim.machine import Speed
     from glimp_ray.sim.workload import SimCall
 
 
@@ -49,7 +55,37 @@ class Pool:
         self._held_since = env.now
         self.timeline: list[tuple[float, int]] = []
         self._count = 0
+        self.busy_calls = 0  # calls in its replicas' batches
+        self.slowed_by: list[tuple[Pool, float]] = []  # (pool, seconds per token while it is busy)
+        self.dependents: list[Pool] = []  # pools this one slows while busy
+        self.speed: Speed | None = None
+        self.join_rng = random.Random(f"join-{name}")  # joins_at_forward's waits (the run reseeds it)
         self.scale_to(spec.replicas, initial=True)
+
+    # Speed ------------------------------------------------------------------------------------
+
+    def token_time(self, batch: int, replica: Replica) -> float:
+        """Seconds per token each decoding call of ``replica`` sees with ``batch`` calls in it."""
+        seconds = self.spec.profile.latency(max(batch, 1))
+        for other, busy_s in self.slowed_by:
+            if other.busy_calls:
+                seconds += busy_s
+        return seconds * self.speed.factor(replica) if self.speed is not None else seconds
+
+    def speed_factor(self, replica: Replica) -> float:
+        return self.speed.factor(replica) if self.speed is not None else 1.0
+
+    def batch_changed(self, delta: int) -> None:
+        before = self.busy_calls
+        self.busy_calls += delta
+        if self.dependents and (before == 0) != (self.busy_calls == 0):
+            for pool in self.dependents:
+                pool.refresh()
+
+    def refresh(self) -> None:
+        """Recompute every replica's per-token time (another pool or the machine changed)."""
+        for replica in self.replicas:
+            replica.refresh()
 
     # Replica accounting ---------------------------------------------------------------------
 
@@ -148,7 +184,8 @@ class Pool:
         replica = yield ticket
         profile = self.spec.profile
         fixed = call.prefill_tokens * profile.prefill_s_per_token + (profile.glimpse_s if call.glimpse else 0.0)
-        yield from replica.run(fixed, call.tokens)
+        scale = self.speed.call_factor() if self.speed is not None else 1.0
+        yield from replica.run(fixed, call.tokens, scale)
         self._release(replica)
 
     @property

@@ -1,12 +1,16 @@
 """One replica of a pool: a batch in which every running call advances together.
 
 With ``b`` calls in the batch, each decoding call writes one token every ``ℓ(b)`` seconds (the
-profile's :meth:`~glimp_ray.profile.EngineProfile.latency`): processor sharing with a rate that
-depends on ``b``. A call first spends a fixed time in the batch (prefill of its unseen tokens and,
-if it has one, its glimpse), counted in ``b`` but not decoding. Tokens are not events: the
-replica keeps a virtual clock ``V`` (tokens each decoding call has written since the replica
-started) and each call finishes at ``V = V_start + tokens``; only a change of ``b`` or the next
-finish is a SimPy event, and the finish time is recomputed whenever ``b`` changes.
+profile's :meth:`~glimp_ray.profile.EngineProfile.latency`; on a shared machine also slowed by
+the other pools' work and the machine's speed, :mod:`glimp_ray.sim.machine`, through
+:meth:`Pool.token_time`): processor sharing with a rate that depends on ``b``. With
+``joins_at_forward`` a call first waits for the forward in progress to end (a uniform share of
+``ℓ(b)``). A call then spends a fixed time in the batch (prefill of its unseen tokens and, if it
+has one, its glimpse), counted in ``b`` but not decoding. Tokens are not events: the replica
+keeps a virtual clock ``V`` (tokens each decoding call has written since the replica started)
+and each call finishes at ``V = V_start + tokens``; only a change of ``b`` or the next finish is
+a SimPy event, and the finish time is recomputed whenever ``b`` (or the machine's speed)
+changes. A call's own speed factor scales its fixed time and its tokens of work.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class Replica:
         self._last = env.now
         self._generation = 0
         self._seq = itertools.count()
-        self._latency = self.profile.latency(1.0)
+        self._latency = pool.token_time(1, self)
 
     @property
     def free(self) -> bool:
@@ -65,7 +69,14 @@ class Replica:
     def _resize(self, delta: int) -> None:
         self._advance()
         self._batch += delta
-        self._latency = self.profile.latency(max(self._batch, 1))
+        self._latency = self.pool.token_time(self._batch, self)
+        self._reschedule()
+        self.pool.batch_changed(delta)
+
+    def refresh(self) -> None:
+        """The per-token time changed from outside (another pool, the machine's speed)."""
+        self._advance()
+        self._latency = self.pool.token_time(self._batch, self)
         self._reschedule()
 
     def _reschedule(self) -> None:
@@ -88,18 +99,23 @@ class Replica:
             event.succeed()
             done += 1
         self._batch -= done
-        self._latency = self.profile.latency(max(self._batch, 1))
+        self._latency = self.pool.token_time(self._batch, self)
         self._reschedule()
+        if done:
+            self.pool.batch_changed(-done)
 
-    def run(self, fixed_s: float, tokens: int) -> simpy.events.ProcessGenerator:
-        """Run one call on this replica (its slot already taken); returns when it finished."""
+    def run(self, fixed_s: float, tokens: int, scale: float = 1.0) -> simpy.events.ProcessGenerator:
+        """Run one call on this replica (its slot already taken); returns when it finished.
+        ``scale``: the call's own speed factor (1: none)."""
+        if self.pool.spec.joins_at_forward and self._batch:
+            yield self.env.timeout(self.pool.join_rng.random() * self._latency)
         self._resize(+1)
         if fixed_s > 0:
-            yield self.env.timeout(fixed_s)
+            yield self.env.timeout(fixed_s * scale * self.pool.speed_factor(self))
         if tokens > 0:
             self._advance()
             finished = self.env.event()
-            heapq.heappush(self._finishes, (self._v + tokens, next(self._seq), finished))
+            heapq.heappush(self._finishes, (self._v + tokens * scale, next(self._seq), finished))
             self._reschedule()
             yield finished
         else:
