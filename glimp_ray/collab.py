@@ -102,12 +102,16 @@ class _Run:
 
     def _sampling(self, index: int, route: Route) -> SamplingParams:
         seed = step_seed(self.params.seed, index, route == LARGE)
-        return SamplingParams(self.params.temperature, self.params.top_p, seed)
+        p = self.params
+        return SamplingParams(p.temperature, p.top_p, seed, p.sampling_top_k, p.min_p)
 
     def _glimpse(self, threshold: float | None) -> GlimpseSpec:
+        """The glimpse to ask for: every signal is measured; with ``threshold`` the engine routes a
+        fused glimpse on the policy's signal, as the policy would."""
+        signal = self.policy.signal or "entropy"
         if threshold is not None:
-            threshold = engine_threshold(threshold, self.rules.large_at_threshold)
-        return GlimpseSpec(self.params.entropy, self.params.top_k, threshold)
+            threshold = engine_threshold(threshold, self.rules.large_at_threshold, signal)
+        return GlimpseSpec(self.params.entropy, self.params.top_k, threshold, signal)
 
     def _joined(self, record: StepRecord) -> str:
         return joined(record.text, self.params.delimiter, self.rules)
@@ -146,7 +150,7 @@ class _Run:
             )
             spec = StepRun(
                 index, used, p.thinking_budget, p.step_max_tokens, p.delimiter, self.rules,
-                p.temperature, p.top_p, p.seed, previous,
+                p.temperature, p.top_p, p.seed, previous, p.sampling_top_k, p.min_p,
             )  # fmt: skip
             client = self.clients[SMALL]
             opened = getattr(client, "run_steps", None)
@@ -196,7 +200,7 @@ class _Run:
             glimpse = await self._call(SMALL, glimpse=self._glimpse(None))
             glimpse_s = time.perf_counter() - t0
             entropy = glimpse.entropy
-            route = policy(entropy, self.rng)
+            route = policy(glimpse.glimpse, self.rng)
         elif not policy.needs_glimpse:
             route = policy(None, self.rng)
 
@@ -228,7 +232,7 @@ class _Run:
         else:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
-        routed_on = tau if p.policy == "entropy" else None
+        routed_on = tau if policy.signal is not None else None
         return record_of(index, route, result, entropy, latency, glimpse_s, glimpse, routed_on)
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:

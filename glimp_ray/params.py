@@ -78,9 +78,11 @@ class CollabParams:
     answer_max_tokens: int = 2048
     answer_model: AnswerModel = "auto"
     stop: tuple[str, ...] = ()
-    temperature: float = 0.6
-    top_p: float = 0.95
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
+    sampling_top_k: int | None = None
+    min_p: float | None = None
     streaming_glimpse: bool = True  # fused mode: the small pool writes a run of easy steps per call
 
     def __post_init__(self) -> None:
@@ -103,7 +105,7 @@ class CollabParams:
         # Checked here so a bad value fails before any model is called.
         GlimpseSpec(self.entropy, self.top_k)
         check_preset(self.preset, self.entropy, self.top_k)
-        SamplingParams(self.temperature, self.top_p)
+        SamplingParams(self.temperature, self.top_p, None, self.sampling_top_k, self.min_p)
 
     def replace(self, **overrides: object) -> CollabParams:
         """A copy with ``overrides`` applied (``None`` values are ignored). Switching to the

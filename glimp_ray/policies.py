@@ -1,7 +1,17 @@
 """Routing policies: small pure callables deciding which model writes a step.
 
-A policy sees the glimpse entropy (``None`` when it did not ask for a glimpse) and a
-seeded random generator, and returns :data:`SMALL` or :data:`LARGE`.
+A *pre-step* policy sees the glimpse's signals (:class:`~glimp_ray.types.GlimpseSignals`:
+``None`` when it did not ask for a glimpse) and a seeded random generator, and returns
+:data:`SMALL` or :data:`LARGE`:
+
+- ``entropy`` (GlimpRouter): large when the first token's entropy exceeds τ;
+- ``top1``: large when the first token's top-1 probability is below τ;
+- ``margin``: large when top-1 minus top-2 probability is below τ;
+- ``small``, ``large``, ``random``: the baselines.
+
+A policy reading a signal names it (:attr:`RoutingPolicy.signal`), so a fused glimpse routes on
+the same rule inside the engine (:func:`glimpse_routes_large`). A NaN or infinite signal raises
+:class:`~glimp_ray.engine.base.NonFiniteSignalError`: no route is taken on it.
 """
 
 from __future__ import annotations
@@ -13,23 +23,56 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator
 
+from glimp_ray.engine.base import NonFiniteSignalError
+from glimp_ray.types import GlimpseSignal, GlimpseSignals, GlimpseSpec
+
 Route = Literal["small", "large"]
 SMALL: Route = "small"
 LARGE: Route = "large"
-PolicyName = Literal["entropy", "small", "large", "random"]
-POLICY_NAMES: tuple[PolicyName, ...] = ("entropy", "small", "large", "random")
+PolicyName = Literal["entropy", "top1", "margin", "small", "large", "random"]
+POLICY_NAMES: tuple[PolicyName, ...] = ("entropy", "top1", "margin", "small", "large", "random")
+# The policies that route on a glimpse signal, and which.
+SIGNAL_POLICIES: dict[str, GlimpseSignal] = {"entropy": "entropy", "top1": "top1", "margin": "margin"}
+
+
+def _finite(value: float, signal: str) -> float:
+    if not math.isfinite(value):
+        raise NonFiniteSignalError(f"the glimpse's {signal} is {value}: refusing to route on it")
+    return value
 
 
 def routes_large(entropy: float, threshold: float, at_threshold: bool = False) -> bool:
     """GlimpRouter's rule, defined once: a step whose glimpse entropy exceeds τ goes large;
-    with ``at_threshold`` one equal to τ does too (the reference code's ``H >= τ``)."""
+    with ``at_threshold`` one equal to τ does too (the reference code's ``H >= τ``). Offline
+    users (planner, simulator) call it as is; a live route goes through :func:`signal_routes_large`,
+    which refuses a non-finite signal."""
     return entropy >= threshold if at_threshold else entropy > threshold
 
 
-def engine_threshold(threshold: float, at_threshold: bool) -> float:
-    """The τ to send an engine, which routes a fused glimpse on ``H > τ``: for ``H >= τ`` the float
-    just below τ, since no float lies between the two (``H > below`` is exactly ``H >= τ``)."""
-    return math.nextafter(threshold, -math.inf) if at_threshold else threshold
+def signal_routes_large(signal: GlimpseSignal, value: float, threshold: float, at_threshold: bool = False) -> bool:
+    """Every pre-step rule: an entropy above τ, a top-1 probability or a margin below it, goes
+    large (with ``at_threshold``, one equal to τ too). A NaN or infinite signal raises
+    :class:`NonFiniteSignalError` (a NaN compares false: it would route small silently)."""
+    value = _finite(value, signal)
+    if signal == "entropy":
+        return routes_large(value, threshold, at_threshold)
+    return value <= threshold if at_threshold else value < threshold
+
+
+def glimpse_routes_large(signals: GlimpseSignals, spec: GlimpseSpec) -> bool:
+    """Whether a fused glimpse with ``spec`` routes the step away (false without a threshold)."""
+    if spec.threshold is None:
+        return False
+    return signal_routes_large(spec.signal, signals.value(spec.signal), spec.threshold)
+
+
+def engine_threshold(threshold: float, at_threshold: bool, signal: GlimpseSignal = "entropy") -> float:
+    """The τ to send an engine, which routes a fused glimpse strictly (``H > τ``, ``p < τ``): with
+    ``at_threshold`` the float just past τ on the small side, since no float lies between the two
+    (``H > below`` is exactly ``H >= τ``; ``p < above`` is ``p <= τ``)."""
+    if not at_threshold:
+        return threshold
+    return math.nextafter(threshold, -math.inf if signal == "entropy" else math.inf)
 
 
 def check_random_p(p: float) -> float:
@@ -48,25 +91,34 @@ class RoutingPolicy(Protocol):
 
     @property
     def needs_glimpse(self) -> bool:
-        """Whether the policy reads the small model's first-token entropy."""
+        """Whether the policy reads the small model's glimpse."""
         ...
 
-    def __call__(self, entropy: float | None, rng: random.Random) -> Route: ...
+    @property
+    def signal(self) -> GlimpseSignal | None:
+        """The glimpse signal it routes on (a fused glimpse routes on it in the engine)."""
+        ...
+
+    def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route: ...
 
 
 @dataclass(frozen=True)
-class EntropyPolicy:
-    """GlimpRouter: the large model writes the step when the glimpse entropy exceeds τ (or, with
-    ``at_threshold``, equals it)."""
+class SignalPolicy:
+    """A pre-step policy on one glimpse signal: ``entropy`` (GlimpRouter: large when the entropy
+    exceeds τ), ``top1`` (large when the first token's probability is below τ) or ``margin``
+    (large when top-1 minus top-2 probability is below τ). With ``at_threshold`` a signal equal to
+    τ goes large too (the reference code's ``H >= τ``)."""
 
+    signal: GlimpseSignal
     threshold: float
     at_threshold: bool = False
     needs_glimpse: bool = True
 
-    def __call__(self, entropy: float | None, rng: random.Random) -> Route:
-        if entropy is None:
-            raise ValueError("the entropy policy needs the glimpse entropy")
-        return LARGE if routes_large(entropy, self.threshold, self.at_threshold) else SMALL
+    def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
+        if glimpse is None:
+            raise ValueError(f"the {self.signal} policy needs the glimpse")
+        value = glimpse.value(self.signal)
+        return LARGE if signal_routes_large(self.signal, value, self.threshold, self.at_threshold) else SMALL
 
 
 @dataclass(frozen=True)
@@ -75,8 +127,9 @@ class FixedPolicy:
 
     route: Route
     needs_glimpse: bool = False
+    signal: GlimpseSignal | None = None
 
-    def __call__(self, entropy: float | None, rng: random.Random) -> Route:
+    def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
         return self.route
 
 
@@ -86,18 +139,20 @@ class RandomPolicy:
 
     p: float
     needs_glimpse: bool = False
+    signal: GlimpseSignal | None = None
 
     def __post_init__(self) -> None:
         check_random_p(self.p)
 
-    def __call__(self, entropy: float | None, rng: random.Random) -> Route:
+    def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
         return LARGE if rng.random() < self.p else SMALL
 
 
 def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25, at_threshold: bool = False) -> RoutingPolicy:
-    """Build a policy by name: ``entropy``, ``small``, ``large`` or ``random``."""
-    if name == "entropy":
-        return EntropyPolicy(threshold, at_threshold)
+    """Build a policy by name: ``entropy``, ``top1``, ``margin`` (each on τ = ``threshold``),
+    ``small``, ``large`` or ``random``."""
+    if name in SIGNAL_POLICIES:
+        return SignalPolicy(SIGNAL_POLICIES[name], threshold, at_threshold)
     if name == "small":
         return FixedPolicy(SMALL)
     if name == "large":

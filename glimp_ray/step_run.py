@@ -33,10 +33,17 @@ class StepRun:
     step_max_tokens: int
     delimiter: str
     rules: LoopRules
-    temperature: float
-    top_p: float
+    temperature: float | None  # sampling (None: the model's default)
+    top_p: float | None
     seed: int | None
     previous_text: str | None  # the step before the run, as the transcript holds it (repeat rule)
+    sampling_top_k: int | None = None
+    min_p: float | None = None
+
+    def sampling(self, index: int) -> SamplingParams:
+        """Step ``index``'s sampling, seeded as the loop seeds it."""
+        seed = step_seed(self.seed, index, False)
+        return SamplingParams(self.temperature, self.top_p, seed, self.sampling_top_k, self.min_p)
 
 
 def step_seed(seed: int | None, index: int, large: bool) -> int | None:
@@ -110,7 +117,7 @@ class RunCursor:
             self.ended = True
             return None
         self.max_tokens = step_max_tokens(run.step_max_tokens, run.thinking_budget, self.used, run.rules)
-        sampling = SamplingParams(run.temperature, run.top_p, step_seed(run.seed, self.index, False))
+        sampling = run.sampling(self.index)
         return dataclasses.replace(
             self.request,
             transcript=self.transcript,

@@ -11,36 +11,88 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 EntropyKind = Literal["full", "topk"]
+GlimpseSignal = Literal["entropy", "top1", "margin"]
 FinishReason = Literal["delimiter", "think_end", "eos", "length", "routed", "glimpse"]
 Message = dict[str, str]
 
 
+# Sampling where neither the request, the config nor the model's generation_config.json sets a
+# value: the paper's temperature and top-p, no top-k, no min-p.
+DEFAULT_TEMPERATURE = 0.6
+DEFAULT_TOP_P = 0.95
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Token sampling; ``temperature == 0`` means greedy decoding."""
+    """Token sampling; ``temperature == 0`` means greedy decoding.
 
-    temperature: float = 0.6
-    top_p: float = 0.95
+    A field left ``None`` takes the model's default (its ``generation_config.json``, as vLLM's
+    OpenAI server does), else :data:`DEFAULT_TEMPERATURE` / :data:`DEFAULT_TOP_P` and no top-k or
+    min-p filter; each engine resolves them for its own model. ``top_k`` keeps the ``k`` most
+    likely tokens when sampling (0: off) — not the glimpse's top-k entropy
+    (:attr:`GlimpseSpec.top_k`); ``min_p`` drops tokens below ``min_p`` times the top
+    probability.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+
+
+@dataclass(frozen=True)
+class GlimpseSignals:
+    """What a glimpse measures of the first token's untempered distribution: its ``entropy``
+    (nats, of the kind the glimpse asked for) and the probabilities of the two most likely tokens
+    (over the whole vocabulary, whatever the entropy's kind)."""
+
+    entropy: float
+    top1_prob: float
+    top2_prob: float
+
+    @property
+    def margin(self) -> float:
+        """Top-1 minus top-2 probability."""
+        return self.top1_prob - self.top2_prob
+
+    def value(self, signal: GlimpseSignal) -> float:
+        """The signal a policy routes on."""
+        if signal == "entropy":
+            return self.entropy
+        if signal == "top1":
+            return self.top1_prob
+        if signal == "margin":
+            return self.margin
+        raise ValueError(f"unknown glimpse signal {signal!r}; expected entropy, top1 or margin")
 
 
 @dataclass(frozen=True)
 class GlimpseSpec:
-    """Compute the first-token entropy; with a threshold, route away when it is exceeded."""
+    """Measure the first token's distribution (:class:`GlimpseSignals`); with a threshold, route
+    away when ``signal`` is on the large side of it: an entropy above it, a top-1 probability or
+    a margin below it. ``top_k`` is the k of the top-k entropy, not a sampling parameter."""
 
     entropy: EntropyKind = "full"
     top_k: int = 20
     threshold: float | None = None
+    signal: GlimpseSignal = "entropy"
 
     def __post_init__(self) -> None:
         if self.entropy not in ("full", "topk"):
             raise ValueError(f"entropy must be 'full' or 'topk', got {self.entropy!r}")
+        if self.signal not in ("entropy", "top1", "margin"):
+            raise ValueError(f"signal must be entropy, top1 or margin, got {self.signal!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
@@ -93,7 +145,8 @@ class StepResult:
     """What a pool returns for one :class:`StepRequest`.
 
     ``routed`` means the fused glimpse exceeded the threshold: nothing was generated and
-    nothing was kept in the cache. Token counters: ``reused_tokens`` came from the
+    nothing was kept in the cache. With a glimpse, ``entropy``, ``top1_prob`` and ``top2_prob``
+    are its signals (:attr:`glimpse`). Token counters: ``reused_tokens`` came from the
     session's KV cache, ``prefill_tokens`` were forwarded in this call's prefill,
     ``generated_tokens`` were sampled (``len(token_ids)``).
     """
@@ -103,6 +156,8 @@ class StepResult:
     finish_reason: FinishReason
     entropy: float | None = None
     routed: bool = False
+    top1_prob: float | None = None
+    top2_prob: float | None = None
     context_tokens: int = 0
     reused_tokens: int = 0
     prefill_tokens: int = 0
@@ -112,6 +167,17 @@ class StepResult:
     decode_s: float = 0.0
     replica: str = ""
     fell_back: bool = False  # served by the small pool because the large one was unavailable
+
+    @property
+    def glimpse(self) -> GlimpseSignals | None:
+        """The glimpse's signals; ``None`` without a glimpse. A pool that gives only the entropy
+        leaves the probabilities NaN, and a policy reading them raises."""
+        if self.entropy is None:
+            return None
+        nan = float("nan")
+        top1 = self.top1_prob if self.top1_prob is not None else nan
+        top2 = self.top2_prob if self.top2_prob is not None else nan
+        return GlimpseSignals(self.entropy, top1, top2)
 
     @property
     def model_s(self) -> float:

@@ -29,6 +29,11 @@ class EngineError(RuntimeError):
     """An engine could not serve a request."""
 
 
+class NonFiniteSignalError(EngineError):
+    """A glimpse signal (entropy or probability) came out NaN or infinite: the model's logits are
+    broken, and routing on it would send the step one way silently."""
+
+
 class InvalidRequestError(EngineError, ValueError):
     """The request cannot be served as sent (the client's error, e.g. an empty prompt)."""
 

@@ -12,15 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from glimp_ray.engine.base import PromptTooLongError
-from glimp_ray.policies import routes_large
-from glimp_ray.types import FinishReason, StepRequest, StepResult
+from glimp_ray.policies import glimpse_routes_large
+from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult
 
 
 @dataclass(frozen=True)
 class ScriptedStep:
+    """One scripted step and its glimpse's signals."""
+
     text: str
     entropy: float = 0.0
     finish_reason: FinishReason = "delimiter"
+    top1_prob: float = 1.0
+    top2_prob: float = 0.0
 
 
 class ScriptedEngine:
@@ -65,28 +69,31 @@ class ScriptedEngine:
 
         index = request.transcript.count(self.delimiter)
         scripted = self.steps[min(index, len(self.steps) - 1)]
-        entropy = None
+        glimpse = None
         if request.glimpse is not None:
-            entropy = scripted.entropy
-            threshold = request.glimpse.threshold
-            if threshold is not None and routes_large(entropy, threshold):
-                return self._result("", "routed", entropy, routed=True)
+            glimpse = GlimpseSignals(scripted.entropy, scripted.top1_prob, scripted.top2_prob)
+            if glimpse_routes_large(glimpse, request.glimpse):
+                return self._result("", "routed", glimpse, routed=True)
         if request.generate is None:
-            return self._result("", "glimpse", entropy)
+            return self._result("", "glimpse", glimpse)
         text = scripted.text[: min(request.generate.max_tokens, room)]
         finish = scripted.finish_reason if text == scripted.text else "length"
-        return self._result(text, finish, entropy)
+        return self._result(text, finish, glimpse)
 
     async def release(self, session_id: str) -> None:
         self.released.append(session_id)
 
-    def _result(self, text: str, finish: FinishReason, entropy: float | None, routed: bool = False) -> StepResult:
+    def _result(
+        self, text: str, finish: FinishReason, glimpse: GlimpseSignals | None, routed: bool = False
+    ) -> StepResult:
         return StepResult(
             token_ids=[ord(c) for c in text],
             text=text,
             finish_reason=finish,
-            entropy=entropy,
+            entropy=glimpse.entropy if glimpse else None,
             routed=routed,
+            top1_prob=glimpse.top1_prob if glimpse else None,
+            top2_prob=glimpse.top2_prob if glimpse else None,
             generated_tokens=len(text),
             replica=self.name,
         )

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError
+from glimp_ray.engine.generation_defaults import generation_config_defaults, resolve_sampling
 from glimp_ray.engine.kv_memory import (
     GIB,
     KVBudget,
@@ -36,8 +37,8 @@ from glimp_ray.engine.session import SessionCache
 from glimp_ray.engine.stops import StopMatcher, cut_step_text
 from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.engine.worker import StepLoopEngine
-from glimp_ray.entropy import glimpse_entropy
-from glimp_ray.policies import routes_large
+from glimp_ray.entropy import glimpse_signals
+from glimp_ray.policies import glimpse_routes_large
 from glimp_ray.types import FinishReason, StepRequest
 
 _FEED_TOKENS = 4  # prefills this short ride the decode forwards (one token a turn)
@@ -102,6 +103,7 @@ class HFEngine(StepLoopEngine):
         )
         self.device = self.runner.device
         self.eos_ids = eos_ids(model, tokenizer)
+        self.sampling_defaults = generation_config_defaults(getattr(model, "generation_config", None))
         self.generated_tokens = 0  # every token sampled, for the service rate
         self._deferred_releases: set[str] = set()  # owned by the worker thread
 
@@ -290,8 +292,8 @@ class HFEngine(StepLoopEngine):
         seq.decode_start = time.perf_counter()
         if request.glimpse is not None:
             spec = request.glimpse
-            seq.entropy = glimpse_entropy(seq.logits, spec.entropy, spec.top_k)
-            if spec.threshold is not None and routes_large(seq.entropy, spec.threshold):
+            seq.glimpse = glimpse_signals(seq.logits, spec.entropy, spec.top_k)
+            if glimpse_routes_large(seq.glimpse, spec):
                 self._finish(seq, "routed")  # the glimpsed token is never kept
                 return
         if request.generate is None:
@@ -302,9 +304,9 @@ class HFEngine(StepLoopEngine):
         stops = gen.stop if request.close_thinking else (*gen.stop, self.think_end)
         seq.stops = tuple(s for s in stops if s)
         seq.stop_matcher = StopMatcher(self.tokenizer, seq.stops) if seq.stops else None
-        seq.sampling = gen.sampling
-        seq.processors = build_processors(gen.sampling)
-        seq.generator = make_generator(gen.sampling, self.device)
+        seq.sampling = resolve_sampling(gen.sampling, self.sampling_defaults)
+        seq.processors = build_processors(seq.sampling)
+        seq.generator = make_generator(seq.sampling, self.device)
         seq.decoding = True
 
     def _advance(self, seqs: list[Sequence]) -> list[Sequence]:

@@ -6,21 +6,42 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
+from glimp_ray.engine.generation_defaults import resolve_sampling
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.types import SamplingParams
 
 
 def build_processors(params: SamplingParams) -> LogitsProcessorList:
-    """Temperature then top-p, as in ``generate``; empty for greedy decoding."""
+    """Temperature, top-k, top-p then min-p, as in ``generate``; empty for greedy decoding. The
+    engine resolves ``params`` against its model's defaults first
+    (:func:`~glimp_ray.engine.generation_defaults.resolve_sampling`); a field still unset takes the
+    project's default."""
+    temperature, top_p, top_k, min_p = _resolved(params)
     processors = LogitsProcessorList()
-    if params.temperature > 0:
-        if params.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_p < 1.0:
-            processors.append(TopPLogitsWarper(params.top_p))
+    if temperature > 0:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k > 0:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+        if min_p > 0:
+            processors.append(MinPLogitsWarper(min_p))
     return processors
+
+
+def _resolved(params: SamplingParams) -> tuple[float, float, int, float]:
+    """Temperature, top-p, top-k and min-p, each set."""
+    r = resolve_sampling(params, {})
+    return r.temperature, r.top_p, r.top_k, r.min_p  # type: ignore[return-value]
 
 
 def make_generator(params: SamplingParams, device: torch.device | str) -> torch.Generator:
@@ -37,13 +58,13 @@ def sample_tokens(
     rows: list[tuple[SamplingParams, LogitsProcessorList, torch.Generator]],
 ) -> list[int]:
     """One token per row of ``logits`` (``[rows, vocab]``), each with its own parameters and
-    generator. Rows with the same temperature and top-p are warped together; each row's draw
-    is the one it would get alone."""
+    generator. Rows with the same (resolved) parameters are warped together; each row's draw is
+    the one it would get alone."""
     tokens = [0] * len(rows)
-    groups: dict[tuple[float, float], list[int]] = {}
+    groups: dict[tuple[float, float, int, float], list[int]] = {}
     for i, (params, _, _) in enumerate(rows):
-        groups.setdefault((params.temperature, params.top_p), []).append(i)
-    for (temperature, _), members in groups.items():
+        groups.setdefault(_resolved(params), []).append(i)
+    for (temperature, *_), members in groups.items():
         chosen = (
             logits if len(members) == len(rows) else logits.index_select(0, torch.tensor(members, device=logits.device))
         )

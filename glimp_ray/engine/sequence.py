@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimp_ray.engine.session import Session
-from glimp_ray.types import FinishReason, SamplingParams, StepRequest, StepResult
+from glimp_ray.types import FinishReason, GlimpseSignals, SamplingParams, StepRequest, StepResult
 
 DoneCallback = Callable[[StepResult | BaseException], None]
 
@@ -45,7 +45,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     max_tokens: int = 0
     # what the result reports
-    entropy: float | None = None
+    glimpse: GlimpseSignals | None = None
     reused_tokens: int = 0
     prefill_tokens: int = 0
     context_tokens: int = 0
@@ -61,8 +61,10 @@ class Sequence:
             token_ids=list(self.generated),
             text=text,
             finish_reason=reason,
-            entropy=self.entropy,
+            entropy=self.glimpse.entropy if self.glimpse else None,
             routed=reason == "routed",
+            top1_prob=self.glimpse.top1_prob if self.glimpse else None,
+            top2_prob=self.glimpse.top2_prob if self.glimpse else None,
             context_tokens=self.context_tokens,
             reused_tokens=self.reused_tokens,
             prefill_tokens=self.prefill_tokens,

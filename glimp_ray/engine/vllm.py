@@ -6,13 +6,14 @@ batching), behind the same :class:`~glimp_ray.engine.base.StepClient` contract a
 - **Fused mode**: the step streams; right after its first token, if the entropy exceeds τ the
   request is aborted and ``routed`` returned (nothing else was generated). **Paper mode** sends a
   separate 1-token request, as the reference code does.
-- **Runs of easy steps** (streaming glimpse, :meth:`VLLMEngine.run_steps`): one vLLM request
-  writes step after step. At each delimiter the next token's top-k logprobs are its glimpse; a
-  hard one aborts the request (that token dropped) and the step is returned ``routed``. A request
-  stops where a new one would not see the same tokens (a token running past the delimiter, which
-  a new request would re-tokenize) and the run goes on with a new request. Under greedy decoding
-  the steps are those of one call per step; with sampling, a request's steps draw from its one
-  seeded stream (reproducible, but not the per-step seeds).
+- **Glimpse signals**: the same top-k logprobs give the top-1 and top-2 probabilities (the
+  ``top1`` and ``margin`` policies); a non-finite one is an engine error.
+- **Sampling defaults**: what the request leaves unset takes the model's
+  ``generation_config.json`` defaults, as vLLM's OpenAI server does (``AsyncLLM`` does not).
+- **Runs of easy steps** (streaming glimpse, :meth:`VLLMEngine.run_steps`,
+  :mod:`~glimp_ray.engine.vllm_run`): one vLLM request writes step after step. Under greedy
+  decoding the steps are those of one call per step; with sampling, a request's steps draw from
+  its one seeded stream (reproducible, but not the per-step seeds).
 - **Sessions**: each session keeps the tokens it sent and generated (never re-tokenized, as in
   HFEngine); vLLM's automatic prefix caching reuses their KV, and its per-request cached-token
   count fills ``reused_tokens`` / ``prefill_tokens``. ``release`` forgets the tokens; the KV
@@ -26,44 +27,26 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
 from glimp_ray.engine.model_files import eos_ids, longest_token_chars
 from glimp_ray.engine.session import SessionCache
-from glimp_ray.engine.stops import StopMatcher, cut_step_text
+from glimp_ray.engine.stops import cut_step_text
 from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
-from glimp_ray.entropy import topk_entropy
-from glimp_ray.policies import routes_large
+from glimp_ray.engine.vllm_params import (
+    environment,
+    glimpse_params,
+    logprobs_entropy,
+    model_defaults,
+    position_signals,
+    step_params,
+)
+from glimp_ray.engine.vllm_run import stream_steps
+from glimp_ray.policies import glimpse_routes_large
 from glimp_ray.step_run import RunCursor, StepRun, run_steps
-from glimp_ray.types import FinishReason, StepRequest, StepResult
-
-
-def logprobs_entropy(logprobs: dict[int, Any], k: int) -> float:
-    """Entropy of the ``k`` most likely first tokens, renormalised, from vLLM's logprobs of one
-    position (the sampled token may be an extra entry beyond the top k)."""
-    import torch
-
-    values = torch.tensor([float(getattr(lp, "logprob", lp)) for lp in logprobs.values()], dtype=torch.float64)
-    return float(topk_entropy(values, k))
-
-
-@contextlib.contextmanager
-def _environment(**values: str | None) -> Any:
-    """Set environment variables (those not None) while vLLM starts its engine-core process."""
-    saved = {key: os.environ.get(key) for key in values}
-    try:
-        for key, value in values.items():
-            if value is not None:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult
 
 
 class VLLMEngine:
@@ -92,6 +75,7 @@ class VLLMEngine:
         self.max_text_chars = max_context * longest_token_chars(tokenizer)
         self.sessions = SessionCache(max_sessions, max_cached_tokens)
         self.eos_ids = eos_ids
+        self.sampling_defaults = model_defaults(llm)  # the model's generation_config.json
         self.generated_tokens = 0
         self.forwarded_tokens = 0  # prompt tokens vLLM did not find in its prefix cache, plus decodes
         self.requests = 0  # vLLM requests made (a run of steps can be one)
@@ -146,7 +130,7 @@ class VLLMEngine:
             **({"distributed_executor_backend": "ray"} if tensor_parallel_size > 1 else {}),
             **({"block_size": block_size} if block_size is not None else {}),
         )
-        with _environment(VLLM_CPU_OMP_THREADS_BIND=cpu_threads_bind):
+        with environment(VLLM_CPU_OMP_THREADS_BIND=cpu_threads_bind):
             llm = AsyncLLM.from_engine_args(args)
         tok = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -187,7 +171,7 @@ class VLLMEngine:
                 llm.shutdown()
             del llm  # collected now, not at interpreter exit when vLLM's own __del__ fails
 
-    def _prompt(self, request: StepRequest) -> tuple[Any, list[int]]:
+    def session_prompt(self, request: StepRequest) -> tuple[Any, list[int]]:
         """The request's session, synced to its text, and the prompt tokens to send (refused when
         empty or when it fills the context)."""
         refuse_text_longer_than(request, self.max_text_chars, self.name, self.max_context)
@@ -205,12 +189,12 @@ class VLLMEngine:
         return session, prompt
 
     async def step(self, request: StepRequest) -> StepResult:
-        session, prompt = self._prompt(request)
-        self._enter()
+        session, prompt = self.session_prompt(request)
+        self.enter()
         try:
             return await self._generate(request, prompt, session)
         finally:
-            self._leave()
+            self.leave()
 
     async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
         """A run of easy steps (streaming glimpse), as few vLLM requests as the tokens allow; each
@@ -224,153 +208,37 @@ class VLLMEngine:
         step = cursor.first()
         while step is not None:
             following: list[StepRequest | None] = []
-            async with contextlib.aclosing(self._stream_steps(step, cursor, following)) as steps:
+            async with contextlib.aclosing(stream_steps(self, step, cursor, following)) as steps:
                 async for result in steps:  # closed at once if the caller stops reading
                     yield result
             step = following[0] if following else None
 
-    async def _stream_steps(
-        self, step: StepRequest, cursor: RunCursor, following: list[StepRequest | None]
-    ) -> AsyncGenerator[StepResult, None]:
-        """Steps of one vLLM request from ``step`` on; when the request stops before the run ends,
-        the next step's request is left in ``following``."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        glimpse, gen = step.glimpse, step.generate
-        assert glimpse is not None and gen is not None and glimpse.threshold is not None
-        session, prompt = self._prompt(step)
-        run = cursor.run
-        think_stops = () if step.close_thinking else (self.think_end,)
-        stops = tuple(s for s in (run.delimiter, *think_stops) if s)
-        matcher = StopMatcher(self.tokenizer, stops)
-        sampling = gen.sampling
-        params = SamplingParams(
-            max_tokens=min(run.thinking_budget - cursor.used, self.max_context - len(prompt)),
-            temperature=sampling.temperature,
-            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-            seed=sampling.seed,
-            stop=list(think_stops) or None,
-            include_stop_str_in_output=True,
-            logprobs=glimpse.top_k,
-            flat_logprobs=True,  # a few flat lists per request, not 21 objects per token
-            skip_special_tokens=False,
-            spaces_between_special_tokens=False,
-        )
-        params.output_kind = RequestOutputKind.DELTA
-        request_id = f"{step.session_id}-run-{uuid.uuid4().hex[:12]}"
-        self.requests += 1
-        self._enter()
-        context, cached, first_call = len(prompt), 0, True
-        tokens: list[int] = []  # the current step's
-        entropy: float | None = None
-        start = first_at = time.perf_counter()
-        outputs = self.llm.generate({"prompt_token_ids": prompt}, params, request_id=request_id)
-        finished = False
-        try:
-            async for out in outputs:
-                choice = out.outputs[0]
-                if out.num_cached_tokens is not None and first_call:
-                    cached = out.num_cached_tokens
-                logprobs = choice.logprobs or [{}] * len(choice.token_ids)
-                last_delta = out.finished
-                for j, token in enumerate(choice.token_ids):
-                    if not tokens:  # a step's first token: its glimpse
-                        first_at = time.perf_counter()
-                        entropy = logprobs_entropy(logprobs[j], glimpse.top_k) if logprobs[j] else None
-                        if entropy is not None and routes_large(entropy, glimpse.threshold):
-                            await self._abort(request_id)  # the glimpsed token is never kept
-                            finished = True
-                            self._count(context, cached, 0)
-                            result = self._result(context, cached, [], "", "routed", entropy, start, first_at)
-                            cursor.advance(result)
-                            yield result
-                            return
-                    tokens.append(token)
-                    reason: FinishReason | None = None
-                    if token in self.eos_ids:
-                        reason = "eos"
-                    elif matcher(tokens):
-                        reason = "delimiter"
-                    elif len(tokens) >= cursor.max_tokens:
-                        reason = "length"
-                    elif last_delta and j == len(choice.token_ids) - 1:  # vLLM's own stop
-                        if choice.finish_reason == "stop":
-                            reason = "delimiter" if isinstance(choice.stop_reason, str) else "eos"
-                        else:
-                            reason = "length"
-                    if reason is None:
-                        continue
-                    full, ends = decode_with_ends(self.tokenizer, tokens)
-                    session.append(tokens, full, ends)
-                    step_text, reason = cut_step_text(
-                        self.tokenizer, full, tokens, reason, stops, self.think_end, step.close_thinking
-                    )
-                    self._count(context, cached, len(tokens))
-                    result = self._result(context, cached, tokens, step_text, reason, entropy, start, first_at)
-                    nxt = cursor.advance(result)
-                    more = j < len(choice.token_ids) - 1 or not last_delta
-                    if nxt is None or step_text != full or not more:
-                        # The request ends here (stopped before the step is handed on, so vLLM
-                        # writes nothing more); a new one goes on where it would see other tokens.
-                        await self._abort(request_id)
-                        finished = True
-                        if nxt is not None:
-                            following.append(nxt)
-                        yield result
-                        return
-                    yield result
-                    # The next step continues in this request's KV: its whole context is reused.
-                    context, first_call, tokens, start = context + len(tokens), False, [], time.perf_counter()
-                    cached = context
-            finished = True
-        finally:
-            self._leave()  # first: nothing below may keep the engine counted busy
-            if not finished:  # closed or cancelled midway
-                await self._abort(request_id)
-            with contextlib.suppress(BaseException):
-                await outputs.aclose()
-
-    async def _abort(self, request_id: str) -> None:
+    async def abort(self, request_id: str) -> None:
         """Abort a vLLM request, whatever happens meanwhile (a cancel included)."""
         with contextlib.suppress(BaseException):
             await asyncio.shield(self.llm.abort(request_id))
 
-    def _count(self, context: int, cached: int, generated: int) -> None:
+    def count(self, context: int, cached: int, generated: int) -> None:
         self.generated_tokens += generated
         self.forwarded_tokens += context - cached + generated
 
     async def _generate(self, request: StepRequest, prompt: list[int], session: Any) -> StepResult:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         glimpse, gen = request.glimpse, request.generate
         k = glimpse.top_k if glimpse is not None else None
+        stops: tuple[str, ...] = ()
         if gen is None:
-            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False, flat_logprobs=True)
-            stops: tuple[str, ...] = ()
+            assert k is not None
+            params = glimpse_params(k)
         else:
             stops = tuple(s for s in (gen.stop if request.close_thinking else (*gen.stop, self.think_end)) if s)
-            sampling = gen.sampling
-            params = SamplingParams(
-                max_tokens=min(gen.max_tokens, self.max_context - len(prompt)),
-                temperature=sampling.temperature,
-                top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-                seed=sampling.seed,
-                stop=list(stops) or None,
-                include_stop_str_in_output=True,
-                logprobs=k,
-                flat_logprobs=True,
-                skip_special_tokens=False,
-                spaces_between_special_tokens=False,
-            )
-        params.output_kind = RequestOutputKind.DELTA
+            max_tokens = min(gen.max_tokens, self.max_context - len(prompt))
+            params = step_params(gen.sampling, self.sampling_defaults, max_tokens, stops, k)
         request_id = f"{request.session_id}-{uuid.uuid4().hex[:12]}"
         self.requests += 1
         start = time.perf_counter()
         first_at: float | None = None
         generated: list[int] = []
-        entropy: float | None = None
+        signals: GlimpseSignals | None = None
         cached = 0
         finish: str | None = None
         stop_reason: Any = None
@@ -383,14 +251,10 @@ class VLLMEngine:
                 if first_at is None:
                     first_at = time.perf_counter()
                     if glimpse is not None and choice.logprobs:
-                        entropy = logprobs_entropy(choice.logprobs[0], glimpse.top_k)
-                        if (
-                            gen is not None
-                            and glimpse.threshold is not None
-                            and routes_large(entropy, glimpse.threshold)
-                        ):
+                        signals = position_signals(choice.logprobs[0], glimpse.top_k)
+                        if gen is not None and glimpse_routes_large(signals, glimpse):
                             await self.llm.abort(request_id)  # the glimpsed token is never kept
-                            return self._result(len(prompt), cached, [], "", "routed", entropy, start, first_at)
+                            return self.result(len(prompt), cached, [], "", "routed", signals, start, first_at)
                 generated.extend(choice.token_ids)
                 if out.finished:
                     finish, stop_reason = choice.finish_reason, choice.stop_reason
@@ -404,7 +268,7 @@ class VLLMEngine:
         self.generated_tokens += len(generated)
         self.forwarded_tokens += len(prompt) - cached + max(len(generated) - 1, 0)
         if gen is None:
-            return self._result(len(prompt), cached, [], "", "glimpse", entropy, start, first_at)
+            return self.result(len(prompt), cached, [], "", "glimpse", signals, start, first_at)
         reason: FinishReason
         if generated and generated[-1] in self.eos_ids:
             reason = "eos"
@@ -421,16 +285,16 @@ class VLLMEngine:
             text, reason = cut_step_text(
                 self.tokenizer, full, generated, reason, stops, self.think_end, request.close_thinking
             )
-        return self._result(len(prompt), cached, generated, text, reason, entropy, start, first_at)
+        return self.result(len(prompt), cached, generated, text, reason, signals, start, first_at)
 
-    def _result(
+    def result(
         self,
         context: int,
         cached: int,
         generated: list[int],
         text: str,
         reason: FinishReason,
-        entropy: float | None,
+        signals: GlimpseSignals | None,
         start: float,
         first_at: float | None,
     ) -> StepResult:
@@ -442,8 +306,10 @@ class VLLMEngine:
             token_ids=list(generated),
             text=text,
             finish_reason=reason,
-            entropy=entropy,
+            entropy=signals.entropy if signals else None,
             routed=reason == "routed",
+            top1_prob=signals.top1_prob if signals else None,
+            top2_prob=signals.top2_prob if signals else None,
             context_tokens=context,
             reused_tokens=cached,
             prefill_tokens=context - cached,
@@ -453,12 +319,12 @@ class VLLMEngine:
             replica=self.replica,
         )
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
         if self._running == 0:
             self._busy_since = time.perf_counter()
         self._running += 1
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self._running -= 1
         if self._running == 0:
             self.busy_s += time.perf_counter() - self._busy_since
