@@ -176,14 +176,18 @@ class RoutingConfig(StrictModel):
         "not clipped to the budget, the answer follows '\\n</think>\\n\\n'). reference sets entropy: topk and "
         "top_k: 20; other values with it are an error. docs/routing.md: 'The reference preset'.",
     )
-    policy: Literal["entropy", "small", "large", "random"] = Field(
-        "entropy", description="entropy (GlimpRouter), small-only, large-only or random baseline."
+    policy: Literal["entropy", "top1", "margin", "small", "large", "random"] = Field(
+        "entropy",
+        description="entropy (GlimpRouter), top1 (the glimpsed token's probability below τ goes large), margin "
+        "(top-1 minus top-2 probability below τ goes large), small-only, large-only or random baseline.",
     )
     mode: Literal["fused", "paper"] = Field(
         "fused", description="fused: one small call glimpses and continues; paper: separate glimpse call."
     )
     threshold: float = Field(
-        1.0, description="τ: steps whose glimpse entropy (nats) exceeds it go large (reaches it: preset reference)."
+        1.0,
+        description="τ: steps whose glimpse entropy (nats) exceeds it go large (reaches it: preset reference); "
+        "for top1 and margin a probability, below it goes large.",
     )
     entropy: Literal["full", "topk"] = Field(
         "full", description="Entropy over the full vocabulary or the top-k renormalised (a vLLM small model: topk)."
@@ -251,9 +255,29 @@ class RoutingConfig(StrictModel):
 class SamplingConfig(StrictModel):
     """Token sampling for every call (temperature 0 is greedy)."""
 
-    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature; 0 means greedy.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Sampling temperature; 0 means greedy. Unset: each model's generation_config.json, else 0.6.",
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus sampling mass. Unset: each model's generation_config.json, else 0.95."
+    )
     seed: int | None = Field(None, description="Seed for reproducible sampling and random routing.")
+    top_k: int | None = Field(
+        None,
+        ge=0,
+        description="Sample from the k most likely tokens (0: off). Unset: each model's generation_config.json, "
+        "else off. Not routing.top_k (the glimpse's top-k entropy).",
+    )
+    min_p: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Drop tokens below min_p x the top probability. Unset: each model's generation_config.json, "
+        "else off.",
+    )
 
 
 class LimitsConfig(StrictModel):
@@ -300,7 +324,9 @@ class GlimpConfig(StrictModel):
     def collab_params(self) -> CollabParams:
         """The loop's parameters from this config."""
         routing = self.routing.model_dump(exclude=set(ROUTER_ONLY))
-        return CollabParams(**routing, **self.sampling.model_dump(), **self.limits.model_dump())
+        sampling = self.sampling.model_dump()
+        sampling["sampling_top_k"] = sampling.pop("top_k")  # routing.top_k is the glimpse's
+        return CollabParams(**routing, **sampling, **self.limits.model_dump())
 
 
 class ConfigError(ValueError):

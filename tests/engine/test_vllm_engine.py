@@ -74,6 +74,54 @@ def test_glimpse_entropy_equals_the_hf_engines_top_k_entropy(engines: dict[str, 
         h = step(engines, "hf_small", session_id=f"h{i}", messages=messages, glimpse=GlimpseSpec("topk", 20))
         assert v.finish_reason == "glimpse" and v.token_ids == []
         assert v.entropy == pytest.approx(h.entropy, **ENTROPY_TOL)
+        # The top-1 and top-2 probabilities (the top1 and margin policies), over the whole vocabulary.
+        assert (v.top1_prob, v.top2_prob) == pytest.approx((h.top1_prob, h.top2_prob), **ENTROPY_TOL)
+
+
+def test_a_fused_glimpse_routes_on_the_top1_probability(engines: dict[str, Any]) -> None:
+    """τ a little above the first token's probability routes the step (probabilities below τ go
+    large); a little below, the step is written."""
+    top1 = step(engines, "small", session_id="t", glimpse=GlimpseSpec("topk", 20)).top1_prob
+    assert top1 is not None
+    generate = GenerateSpec(4, (), GREEDY)
+    above = step(
+        engines, "small", session_id="ta", glimpse=GlimpseSpec("topk", 20, top1 * 1.05, "top1"), generate=generate
+    )
+    below = step(
+        engines, "small", session_id="tb", glimpse=GlimpseSpec("topk", 20, top1 * 0.95, "top1"), generate=generate
+    )
+    assert above.routed and above.token_ids == []
+    assert not below.routed and below.generated_tokens == 4
+
+
+def test_the_models_sampling_defaults_apply_unless_the_request_sets_a_value(
+    engines: dict[str, Any], pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A model whose generation_config.json sets top-k 1 (as vLLM's OpenAI server would apply it):
+    unset sampling gives the greedy text whatever the seed; the request's own top-k wins."""
+    import json
+    import shutil
+
+    model = tmp_path / "small-gen"
+    shutil.copytree(pair[0], model)
+    config_path = model / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config_path.write_text(json.dumps({**config, "temperature": 1.0, "top_k": 1, "do_sample": True}))
+    opts = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 4}
+    engine = VLLMEngine.load(str(model), **opts)
+    try:
+        assert engine.sampling_defaults == {"temperature": 1.0, "top_k": 1.0}
+        assert engines["small"].sampling_defaults == {}
+
+        def text(session: str, sampling: SamplingParams) -> str:
+            request = StepRequest(session, MESSAGES, generate=GenerateSpec(16, (), sampling))
+            return str(run(engines, engine.step(request)).text)
+
+        greedy = text("g", GREEDY)
+        assert [text(f"d{seed}", SamplingParams(seed=seed)) for seed in range(3)] == [greedy] * 3
+        assert any(text(f"f{seed}", SamplingParams(seed=seed, top_k=0)) != greedy for seed in range(3))
+    finally:
+        engine.close()
 
 
 def test_fused_and_paper_modes_give_the_same_greedy_output(engines: dict[str, Any]) -> None:
