@@ -6,8 +6,9 @@ generation routes, before the handler: it counts the request in flight on this r
 response is sent (a stream until its last chunk), reads the body within ``max_request_bytes``
 (Starlette keeps it for the handler) and takes what the request may generate from its key's
 token bucket. A request the handler then refuses with a 4xx, before any model call, gets its
-tokens back. On a Serve replica the settings come from the router's own config, read once from
-the replica context; elsewhere ``configure`` sets them (tests).
+tokens back, and one whose handler leaves ``request.state.completion_tokens`` gets back what it
+did not generate (the router does not yet). On a Serve replica the settings come from the
+router's own config, read once from the replica context; elsewhere ``configure`` sets them.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ class FlowControl:
                 if exc.status < 500:  # refused before any model call: nothing was generated
                     self.limiter.give_back(key, tokens)
                 raise
+            generated = getattr(request.state, "completion_tokens", None)
+            if isinstance(generated, int) and generated < tokens:  # where the handler reports its usage
+                self.limiter.give_back(key, tokens - generated)
         finally:
             self.in_flight -= 1
 

@@ -45,6 +45,8 @@ class Handler:
             await self.release.wait()
         if body.get("refuse"):
             raise APIError(400, "refused", "invalid_request_error")
+        if "generated" in body:  # the handler reports its usage
+            raw.state.completion_tokens = body["generated"]
         return {"ok": True}
 
 
@@ -227,3 +229,18 @@ def test_a_request_counts_in_flight_until_its_response_is_sent_also_when_refused
         return await client.post("/v1/chat/completions", json=chat(), headers={"X-Glimp-Priority": "batch"})
 
     assert run(app, scenario).status_code == 200
+
+
+def test_a_handler_that_reports_its_usage_gets_back_what_it_did_not_generate() -> None:
+    app, _, _ = make_app(keyed(tokens_per_minute=300), Clock())
+
+    async def scenario(client: httpx.AsyncClient) -> Any:
+        url = "/v1/completions"
+        used = await client.post(url, json={"prompt": "x", "n": 4, "generated": 50}, headers=bearer("tokens"))
+        unreported = await client.post(url, json={"prompt": "x"}, headers=bearer("tokens"))
+        return used, unreported, await client.post(url, json={"prompt": "x"}, headers=bearer("tokens"))
+
+    used, unreported, third = run(app, scenario)
+    assert used.status_code == 200  # charged 4 x 68 = 272, then 222 given back
+    assert unreported.status_code == 200 and unreported.headers["x-ratelimit-remaining-tokens"] == "182"
+    assert third.status_code == 200 and third.headers["x-ratelimit-remaining-tokens"] == "114"
