@@ -144,8 +144,8 @@ class ResponsesWriter:
                 if isinstance(step, StepRecord):
                     if not thinking:
                         thinking = True
-                        item = ReasoningItem(id=self.reasoning_id, content=[], status="in_progress")
-                        yield event("response.output_item.added", output_index=0, item=item.model_dump())
+                        opened = ReasoningItem(id=self.reasoning_id, content=[], status="in_progress")
+                        yield event("response.output_item.added", output_index=0, item=opened.model_dump())
                         part = ReasoningText(text="").model_dump()
                         yield event("response.content_part.added", **reasoning, part=part)
                     yield event("response.reasoning_text.delta", **reasoning, delta=step.text)
@@ -178,10 +178,10 @@ class ResponsesWriter:
             ]
         if isinstance(item, OutputMessage):
             text = item.content[0].text
-            opened = item.model_copy(update={"status": "in_progress", "content": []})
+            started = item.model_copy(update={"status": "in_progress", "content": []})
             empty = OutputText(text="").model_dump()
             return [
-                event("response.output_item.added", output_index=index, item=opened.model_dump()),
+                event("response.output_item.added", output_index=index, item=started.model_dump()),
                 event("response.content_part.added", **where, content_index=0, part=empty),
                 event("response.output_text.delta", **where, content_index=0, delta=text, logprobs=[]),
                 event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]),

@@ -10,6 +10,7 @@ are refused with a 400 naming the field; fields that change nothing here (``user
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -203,7 +204,10 @@ class ChatCompletionRequest(_Request):
         return chat_messages(self.messages)
 
     def text_chars(self) -> int:
-        return sum(len(m.text()) for m in self.messages)
+        """The messages' text, their calls' arguments and the tools (written into the prompt)."""
+        calls = sum(len(c.function.arguments) for m in self.messages for c in m.tool_calls or ())
+        tools = sum(len(json.dumps(t.template_tool())) for t in self.tools or ())
+        return sum(len(m.text()) for m in self.messages) + calls + tools
 
 
 Prompt = str | list[int]  # text, or token ids of the served (large) model's tokenizer

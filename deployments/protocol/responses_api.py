@@ -227,7 +227,8 @@ class ResponsesRequest(WireRequest):
         return messages
 
     def text_chars(self) -> int:
-        chars = len(self.instructions or "")
+        """The instructions, the items' text and the tools (written into the prompt)."""
+        chars = len(self.instructions or "") + sum(len(json.dumps(t.model_dump())) for t in self.tools or ())
         for item in self.items():
             if isinstance(item, MessageItem):
                 chars += len(item.text())

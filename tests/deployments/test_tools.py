@@ -269,3 +269,20 @@ def test_the_named_engine_is_the_one_that_writes_the_answer() -> None:
     response = serve(router_over(small, large, **vllm_small), scenario)
     assert response.status_code == 400
     assert "vllm engine serving the small pool" in response.json()["error"]["message"]
+
+
+def test_the_tools_count_toward_the_prompts_characters() -> None:
+    small, large = engines()
+    serving = {"model_name": MODEL, "request_limits": {"max_prompt_chars": 1000}}
+    big = {"type": "function", "function": {"name": "f", "description": "x" * 1000}}
+
+    async def scenario(base: str, http: httpx.AsyncClient) -> list[httpx.Response]:
+        body = {"model": MODEL, "messages": QUESTION}
+        return [
+            await http.post(f"{base}/v1/chat/completions", json={**body, "tools": [WEATHER]}),
+            await http.post(f"{base}/v1/chat/completions", json={**body, "tools": [big]}),
+        ]
+
+    fits, too_long = serve(router_over(small, large, serving=serving), scenario)
+    assert fits.status_code == 200
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
