@@ -38,9 +38,39 @@ def replica_nodes(app: str, deployment: str) -> list[str]:
     ]
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
+def wait_for(condition: Any, timeout: float, what: str, explain: Any = None) -> None:
+    """Poll ``condition`` every half second; past ``timeout``, fail naming ``what`` and, with
+    ``explain`` (a callable returning text), what the cluster looked like."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(0.5)
+
+
+def cluster_state(app: str, log_pattern: str = "routing-ratio policy", lines: int = 20) -> str:
+    """Replica states of ``app``'s deployments, each live node's free resources and the Serve
+    controller's last log lines matching ``log_pattern``: what a timed-out wait shows."""
+    import glob
+    import os
+
+    import ray
+    from ray import serve
+
+    out = []
+    status = serve.status().applications.get(app)
+    for name, deployment in (status.deployments if status else {}).items():
+        out.append(f"{name}: {dict(deployment.replica_states)} {deployment.message}")
+    for node in ray.nodes():
+        if node["Alive"]:
+            free = ray._private.state.available_resources_per_node().get(node["NodeID"], {})
+            pool = node["Labels"].get("glimp/pool", "-")
+            out.append(f"node {node['NodeID'][:8]} {pool}: free CPU {free.get('CPU', 0):g}")
+    session = ray._private.worker._global_node.get_session_dir_path()
+    matched: list[str] = []
+    for path in glob.glob(os.path.join(session, "logs", "serve", "controller_*.log")):
+        with open(path, errors="replace") as handle:
+            matched += [line.rstrip() for line in handle if log_pattern in line]
+    out += matched[-lines:]
+    return "\n".join(out)

@@ -30,6 +30,10 @@ def replica_nodes(deployment: str) -> list[str]:
     return serve_state.replica_nodes(SCALED, deployment)
 
 
+def explain() -> str:
+    return serve_state.cluster_state(SCALED)
+
+
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
@@ -167,15 +171,15 @@ def test_large_pool_follows_the_threshold(scaled_app: str, tiny_pair: tuple[Path
 
         load.phase = "all-large"
         deploy(scaled_config(tiny_pair, ALL_LARGE))  # user_config: the router reconfigures in place
-        wait_for(lambda: running("LargePool") >= 2, 90, "the large pool to scale up")
-        wait_for(lambda: running("LargePool") == 3, 60, "the large pool to reach its maximum")
+        wait_for(lambda: running("LargePool") >= 2, 90, "the large pool to scale up", explain)
+        wait_for(lambda: running("LargePool") == 3, 60, "the large pool to reach its maximum", explain)
         # Scaled-up replicas land on the large node too.
         nodes = {n["NodeID"]: n["Labels"].get("glimp/pool") for n in ray.nodes() if n["Alive"]}
         assert {nodes[node] for node in replica_nodes("LargePool")} == {"large"}
 
         load.phase = "all-small"
         deploy(scaled_config(tiny_pair, ALL_SMALL))
-        wait_for(lambda: running("LargePool") == 1, 90, "the large pool to scale back down")
+        wait_for(lambda: running("LargePool") == 1, 90, "the large pool to scale back down", explain)
         time.sleep(3)
     assert load.ok > 0
     assert load.failed == 0
