@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -104,12 +105,15 @@ class RoutingRatioPolicy:
         large: dict[str, Any] | None = None,
         pools: dict[str, str] | None = None,
         router: str = ROUTER,
+        log_every_s: float = 60.0,
     ):
         self.scaling = {"small": pool_scaling("small", small), "large": pool_scaling("large", large)}
         self.pools = dict(pools or POOLS)
         self.router = router
+        self.log_every_s = log_every_s  # a decision that changes nothing is still logged this often
         self.states = {pool: PoolState() for pool in self.scaling}
         self.decisions: dict[str, Decision] = {}
+        self.logged_at: dict[str, float] = {}
 
     def __call__(self, contexts: dict[Any, Any]) -> tuple[dict[Any, float], dict[Any, dict[str, Any]]]:
         router_ctx = next((ctx for dep, ctx in contexts.items() if dep.name == self.router), None)
@@ -126,18 +130,24 @@ class RoutingRatioPolicy:
                 max_replicas=ctx.capacity_adjusted_max_replicas,
             )
             now = ctx.current_time if ctx.current_time is not None else time.time()
-            decision = decide_pool(router, pool, pool_load(ctx), scaling, self.states[pool], now)
+            load = pool_load(ctx)
+            decision = decide_pool(router, pool, load, scaling, self.states[pool], now)
             previous = self.decisions.get(pool)
-            if previous is None or previous.replicas != decision.replicas:
+            changed = previous is None or previous.replicas != decision.replicas
+            if changed or now - self.logged_at.get(pool, -math.inf) >= self.log_every_s:
+                self.logged_at[pool] = now
                 logger.info(
-                    "routing-ratio policy: %s pool -> %d replicas (desired %.2f, demand %s tokens/s, "
-                    "service rate %s tokens/s, %s requests per replica)",
+                    "routing-ratio policy: %s pool %d -> %d replicas (desired %.2f, demand %s tokens/s, "
+                    "service rate %s tokens/s, %s requests per replica, %.1f calls in flight%s)",
                     pool,
+                    load.replicas,
                     decision.replicas,
                     decision.desired,
                     _fmt(decision.demand),
                     _fmt(decision.state.service_rate),
                     _fmt(decision.target_concurrency),
+                    load.queued,
+                    "" if router is not None else ", no router report yet",
                 )
             self.states[pool], self.decisions[pool] = decision.state, decision
             decisions[dep] = decision.replicas

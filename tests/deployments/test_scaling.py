@@ -30,8 +30,19 @@ def replica_nodes(deployment: str) -> list[str]:
     return serve_state.replica_nodes(SCALED, deployment)
 
 
-def explain() -> str:
-    return serve_state.cluster_state(SCALED)
+def explain(url: str | None = None) -> str:
+    """The cluster's state and, given the app's URL, the routes of one traced request (did the
+    router take the new threshold?)."""
+    state = serve_state.cluster_state(SCALED)
+    if url is None:
+        return state
+    body = {"model": "glimp-tiny", "prompt": "probe", "max_tokens": 8, "glimp": {"return_trace": True}}
+    try:
+        reply = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+        routes = [step.get("route") for step in reply.get("glimp", {}).get("steps", [])]
+    except (httpx.HTTPError, ValueError) as exc:
+        routes = [f"probe failed: {exc}"]
+    return f"{state}\nprobe request's step routes: {routes}"
 
 
 ray = pytest.importorskip("ray")
@@ -44,8 +55,10 @@ AUTOSCALING = {
     "initial_replicas": 1,
     "upscale_delay_s": 0,
     "downscale_delay_s": 3,
-    "metrics_interval_s": 0.5,
-    "look_back_period_s": 2,
+    # Reports averaged over 10 s: on a loaded 2-core machine a replica's reports can come late, and
+    # a look-back shorter than their gaps leaves the policy windows with none (a pool that reads idle).
+    "metrics_interval_s": 1,
+    "look_back_period_s": 10,
 }
 
 
@@ -83,7 +96,7 @@ def scaled_config(tiny_pair: tuple[Path, Path], threshold: float) -> dict[str, A
                 "args": args,
                 "autoscaling_policy": {
                     "policy_function": "deployments.autoscaling:RoutingRatioPolicy",
-                    "policy_kwargs": policy_kwargs,
+                    "policy_kwargs": {**policy_kwargs, "log_every_s": 5},  # what a failed wait prints
                 },
                 "deployments": [{"name": "GlimpRouter", "user_config": {"routing": {"threshold": threshold}}}],
             }
@@ -171,7 +184,7 @@ def test_large_pool_follows_the_threshold(scaled_app: str, tiny_pair: tuple[Path
 
         load.phase = "all-large"
         deploy(scaled_config(tiny_pair, ALL_LARGE))  # user_config: the router reconfigures in place
-        wait_for(lambda: running("LargePool") >= 2, 90, "the large pool to scale up", explain)
+        wait_for(lambda: running("LargePool") >= 2, 90, "the large pool to scale up", lambda: explain(scaled_app))
         wait_for(lambda: running("LargePool") == 3, 60, "the large pool to reach its maximum", explain)
         # Scaled-up replicas land on the large node too.
         nodes = {n["NodeID"]: n["Labels"].get("glimp/pool") for n in ray.nodes() if n["Alive"]}
