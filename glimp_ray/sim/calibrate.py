@@ -8,9 +8,10 @@ can be calibrated from the deployment's own traced calls instead (:func:`calibra
   the mean number of calls its replica ran during it (:func:`glimp_ray.traces.with_concurrency`),
   binned by that rounded, each bin placed at its mean, token-weighted, kept non-decreasing;
 - **contention** (``shared_machine``): a call's seconds per token also grow while the *other*
-  pool is busy. Fitted jointly with ℓ by weighted least squares, ``s = a + c·(b − 1) + k·u``
-  where ``u`` is the share of the call's time the other pool ran at least one call; ``k`` is
-  :class:`~glimp_ray.sim.machine.Contention`'s ``busy_s``, and the bins are of ``s − k·u``;
+  pool is busy. Fitted by weighted least squares within the bins of concurrency,
+  ``s = a_b + k·u`` where ``u`` is the share of the call's time the other pool ran at least one
+  call; ``k`` is :class:`~glimp_ray.sim.machine.Contention`'s ``busy_s``, and the curve is
+  read off ``s − k·u``;
 - **speed noise** (``shared_machine``): what the curve leaves: each call's log ratio of traced
   to predicted seconds per token. Pairs of calls (either pool) close in time share part of it:
   the covariance of their residuals against the gap between them, ``sd² · exp(−gap / τ)``,
@@ -120,15 +121,19 @@ def fit_pool(samples: Sequence[CallSample], pool: str, contention: bool) -> tupl
     weights = np.asarray([s.tokens for s in own], float)
     y = np.asarray([s.seconds_per_token for s in own])
     concurrency = np.asarray([s.concurrency for s in own])
+    bins = np.maximum(np.rint(concurrency), 1)
     busy_s = 0.0
     if contention:
-        design = np.c_[np.ones(len(own)), concurrency - 1, [s.other_busy for s in own]]
+        # Within each bin of concurrency (a level of its own, so that the curve's shape is not
+        # read as contention): seconds per token against the other pool's busy share.
+        other = np.asarray([s.other_busy for s in own])
+        levels = np.unique(bins)
+        design = np.c_[(bins[:, None] == levels[None, :]).astype(float), other]
         root = np.sqrt(weights)[:, None]
         coef = np.linalg.lstsq(design * root, y * root[:, 0], rcond=None)[0]
-        busy_s = max(float(coef[2]), 0.0)
-        y = y - busy_s * np.asarray([s.other_busy for s in own])
+        busy_s = max(float(coef[-1]), 0.0)
+        y = y - busy_s * other
     points: list[list[float]] = []  # [mean b, mean seconds per token, tokens]
-    bins = np.maximum(np.rint(concurrency), 1)
     for b in np.unique(bins):
         index = bins == b
         tokens = float(weights[index].sum())

@@ -39,11 +39,13 @@ class _Run:
                 for other, busy_s in others.items():
                     if busy_s > 0:
                         self.pools[name].slowed_by.append((self.pools[other], busy_s))
+                        self.pools[name].plain = False
                         self.pools[other].dependents.append(self.pools[name])
         if config.noise is not None:
             speed = Speed(self.env, config.noise, config.seed, self._speed_changed)
             for pool in self.pools.values():
                 pool.speed = speed
+                pool.plain = False
         self.router = RouterWindow()
         self.controllers = [PoolController(p) for p in self.pools.values() if p.spec.autoscaling is not None]
         self.done: list[tuple[float, float]] = []  # (arrival, finish)
@@ -63,8 +65,9 @@ class _Run:
         self.router.arrivals.append(start)
         if config.router_overhead_s:
             yield env.timeout(config.router_overhead_s)
+        per_call, per_request = config.call_overhead_s, config.call_overhead_per_request_s
         for call in work.calls:
-            overhead = config.call_overhead_s + config.call_overhead_per_request_s * self.running
+            overhead = per_call + per_request * self.running if per_request else per_call
             if overhead:
                 yield env.timeout(overhead)
             yield from self.pools[call.pool].call(call, session)

@@ -55,7 +55,8 @@ class Pool:
         self._held_since = env.now
         self.timeline: list[tuple[float, int]] = []
         self._count = 0
-        self.busy_calls = 0  # calls in its replicas' batches
+        self.busy_calls = 0  # calls in its replicas' batches (counted when another pool depends on it)
+        self.plain = True  # ℓ(b) alone: no contention, no speed noise (the simulation wires them)
         self.slowed_by: list[tuple[Pool, float]] = []  # (pool, seconds per token while it is busy)
         self.dependents: list[Pool] = []  # pools this one slows while busy
         self.speed: Speed | None = None
@@ -184,7 +185,7 @@ class Pool:
         replica = yield ticket
         profile = self.spec.profile
         fixed = call.prefill_tokens * profile.prefill_s_per_token + (profile.glimpse_s if call.glimpse else 0.0)
-        scale = self.speed.call_factor() if self.speed is not None else 1.0
+        scale = 1.0 if self.speed is None else self.speed.call_factor()
         yield from replica.run(fixed, call.tokens, scale)
         self._release(replica)
 

@@ -37,6 +37,7 @@ class Replica:
         self.index = index
         self.profile = pool.spec.profile
         self.max_concurrency = pool.max_concurrency
+        self._joins = pool.spec.joins_at_forward
         self.state = "starting"  # starting | running | draining | stopped
         self.ongoing = 0  # calls given to this replica and not finished (batch + fixed phase)
         self.queue: deque[simpy.Event] = deque()  # calls waiting for this replica (session affinity)
@@ -69,14 +70,19 @@ class Replica:
     def _resize(self, delta: int) -> None:
         self._advance()
         self._batch += delta
-        self._latency = self.pool.token_time(self._batch, self)
+        self._latency = (  # ℓ(b) alone, the common case, inline: the simulator's hot path
+            self.profile.latency(max(self._batch, 1)) if self.pool.plain else self.pool.token_time(self._batch, self)
+        )
         self._reschedule()
-        self.pool.batch_changed(delta)
+        if self.pool.dependents:
+            self.pool.batch_changed(delta)
 
     def refresh(self) -> None:
         """The per-token time changed from outside (another pool, the machine's speed)."""
         self._advance()
-        self._latency = self.pool.token_time(self._batch, self)
+        self._latency = (  # ℓ(b) alone, the common case, inline: the simulator's hot path
+            self.profile.latency(max(self._batch, 1)) if self.pool.plain else self.pool.token_time(self._batch, self)
+        )
         self._reschedule()
 
     def _reschedule(self) -> None:
@@ -99,19 +105,23 @@ class Replica:
             event.succeed()
             done += 1
         self._batch -= done
-        self._latency = self.pool.token_time(self._batch, self)
+        self._latency = (  # ℓ(b) alone, the common case, inline: the simulator's hot path
+            self.profile.latency(max(self._batch, 1)) if self.pool.plain else self.pool.token_time(self._batch, self)
+        )
         self._reschedule()
-        if done:
+        if done and self.pool.dependents:
             self.pool.batch_changed(-done)
 
     def run(self, fixed_s: float, tokens: int, scale: float = 1.0) -> simpy.events.ProcessGenerator:
         """Run one call on this replica (its slot already taken); returns when it finished.
         ``scale``: the call's own speed factor (1: none)."""
-        if self.pool.spec.joins_at_forward and self._batch:
+        if self._joins and self._batch:
             yield self.env.timeout(self.pool.join_rng.random() * self._latency)
         self._resize(+1)
         if fixed_s > 0:
-            yield self.env.timeout(fixed_s * scale * self.pool.speed_factor(self))
+            if not self.pool.plain:
+                fixed_s *= scale * self.pool.speed_factor(self)
+            yield self.env.timeout(fixed_s)
         if tokens > 0:
             self._advance()
             finished = self.env.event()
