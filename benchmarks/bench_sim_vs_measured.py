@@ -1,21 +1,33 @@
 """The simulator against real runs: the demo pair on the labelled local cluster, one replica per pool.
 
-    python benchmarks/bench_sim_vs_measured.py [--rates 0.5,1.5,3,4.5] [--seconds 60] [--out DIR]
-    python benchmarks/bench_sim_vs_measured.py --from DIR     (re-simulate saved measurements)
+    python benchmarks/bench_sim_vs_measured.py [--rates 0.5,1,1.5,2,2.5] [--seconds 60] [--out DIR]
+    python benchmarks/bench_sim_vs_measured.py --from DIR [--calibrate neighbours|others|own]
+                                               [--model shared|pool]   (re-simulate saved runs)
 
 Measure: the demo app (``demo:small``/``demo:large`` on the HF engine, streaming glimpse on, τ
 0.16, one replica each, 0.1 CPU each, spans to JSONL) on ``cluster.local``'s head + small + large
 nodes. After a warm-up, each rate sends Poisson arrivals of the demo task's problems for
 ``--seconds`` over HTTP and waits for them to finish; the client's latency is the measured one.
+The machine's load averages are recorded before and after each rate.
 
-Simulate: for each rate, the pools are built from the traced calls of the OTHER rates (leave one
-out): per pool, ℓ(b) fitted from each call's seconds per token against the mean calls its
-replica ran during it (:func:`glimp_ray.plan_model.fit_curves`), so contention for the shared
-cores as the deployment runs is in the curve; the glimpse's cost is the traced mean; the
-router's overhead per request and per call is a least-squares fit of (client latency − traced
-model seconds) on the number of calls, over the other rates' requests. The simulator replays the
-rate's own traced requests at the rate's recorded send times (:class:`TraceTimes`), so what is
-compared is the queueing and batching model, not two draws of Poisson arrivals.
+Simulate each rate from the traces of other rates (``--calibrate neighbours``, the default: the
+nearest lower and higher rate; ``others``: every other rate; ``own`` is in-sample), with the
+``shared`` model of this machine (:mod:`glimp_ray.sim.calibrate`, :mod:`glimp_ray.sim.machine`):
+
+- per pool ℓ(b) from the calibration runs' traced calls, and the contention between the pools
+  and the machine's speed noise fitted from the same calls;
+- calls join a busy replica at the next forward (``joins_at_forward``);
+- the router's time per call: a least-squares line of (client latency − traced model seconds −
+  the engines' queue seconds) / calls against the requests running while each request ran, over
+  the calibration runs' requests;
+- the workload: the rate's own traced requests, replayed in the order and at the times they were
+  sent (``in_order``), so that what is compared is the model of the deployment, not two draws of
+  arrivals or of problems;
+- ``--seeds`` simulations (the speed noise's draws): their mean p50 and p95, and the p95's range.
+
+``--model pool`` is the model without the shared machine: each pool's curve of its own
+concurrency, no joins, a constant time per call (each calibration run's mean, engines' queues
+included, interpolated at the rate).
 """
 
 from __future__ import annotations
