@@ -42,7 +42,7 @@ GIB = 1024**3
 
 def replica_processes() -> dict[str, int]:
     """``deployment -> pid`` of this app's Serve replicas on this machine (Ray titles a replica's
-    process ``ray::ServeReplica:<app>:<deployment>``), and Serve's proxy."""
+    process ``ray::ServeReplica:<app>:<deployment>[.<method>]``), and Serve's proxy."""
     found: dict[str, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -54,7 +54,7 @@ def replica_processes() -> dict[str, int]:
             continue
         prefix = f"ray::ServeReplica:{APP}:"
         if title.startswith(prefix):
-            name = title[len(prefix) :].split()[0]
+            name = title[len(prefix) :].split()[0].split(".")[0]  # Ray appends the method it runs
             found[name if name not in found else f"{name}-{entry}"] = int(entry)
         elif title.startswith("ray::ProxyActor"):
             found["proxy"] = int(entry)
