@@ -104,3 +104,33 @@ def test_a_nan_glimpse_fails_the_request_and_the_engine_serves_on(make_engine: A
     handle.remove()
     ok = step(engine, session_id="nan", glimpse=GlimpseSpec(threshold=1e9), generate=GenerateSpec(3, (), GREEDY))
     assert ok.generated_tokens == 3 and ok.entropy is not None and math.isfinite(ok.entropy)
+
+
+def test_top1_routing_is_alike_streamed_per_step_and_in_paper_mode(make_engine: Any) -> None:
+    """The top1 policy on the HF pair under greedy decoding: the engine's own runs of easy steps,
+    one fused call per step and the paper mode's separate glimpse route every step alike and
+    write the same text (τ midway between two measured top-1 probabilities)."""
+    from glimp_ray.collab import Collaborator, CollabParams
+    from glimp_ray.engine.recording import RecordingClient
+    from tests.numeric import midpoint_threshold
+
+    params = CollabParams(temperature=0, delimiter=" ", step_max_tokens=24, thinking_budget=120, answer_max_tokens=8)
+    probe = RecordingClient(make_engine("small"))
+    asyncio.run(Collaborator(probe, make_engine("large"), params).run(MESSAGES, policy="small"))
+    top1s = [r.top1_prob for r in probe.results if r.top1_prob is not None]  # the answer has no glimpse
+    tau = midpoint_threshold(top1s)  # type: ignore[arg-type]
+    small, large = make_engine("small"), make_engine("large")
+    runs = {
+        "streamed": dict(mode="fused"),
+        "per_step": dict(mode="fused", streaming_glimpse=False),
+        "paper": dict(mode="paper"),
+    }
+    results = {
+        name: asyncio.run(Collaborator(small, large, params).run(MESSAGES, policy="top1", threshold=tau, **kw))
+        for name, kw in runs.items()
+    }
+    steps = {name: [(s.model, s.text) for s in r.steps] for name, r in results.items()}
+    assert {model for model, _ in steps["streamed"]} == {"small", "large"}  # both routes taken
+    assert steps["streamed"] == steps["per_step"] == steps["paper"]
+    assert all(s.threshold == tau for s in results["streamed"].steps)
+    assert len({r.answer for r in results.values()}) == 1
