@@ -26,17 +26,22 @@ MAX_TOP_K = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 class ChatMessage(WireRequest):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = Field(
-        None, description="Text, or a list of text parts (joined with newlines, as vLLM does); null is empty."
+        description="Text, or a list of text parts (joined with newlines, as vLLM does); null is empty."
     )
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = Field(None, description="The calls an assistant message made.")
     tool_call_id: str | None = Field(None, description="The call a tool message answers.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _calls_may_stand_for_content(cls, message: Any) -> Any:
+        """An assistant message that makes calls may leave ``content`` out (OpenAI sends it so)."""
+        if isinstance(message, dict) and message.get("role") == "assistant" and message.get("tool_calls"):
+            return {"content": None, **message}
+        return message
+
     @model_validator(mode="after")
     def _fields_of_its_role(self) -> ChatMessage:
-        calls = self.role == "assistant" and self.tool_calls
-        if "content" not in self.model_fields_set and not calls:
-            raise ValueError("content is required (null is empty)")
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:
