@@ -1,14 +1,14 @@
 """Priority under a batch flood: interactive latency alone, then beside a flood of batch requests.
 
-Serves the demo pair through Ray Serve, then runs closed-loop interactive clients for a phase
-alone and a phase beside a flood of batch-priority clients (``X-Glimp-Priority: batch``), which
+Serves the demo pair through Ray Serve, then runs closed-loop interactive clients in phases,
+alternately alone and beside a flood of batch-priority clients (``X-Glimp-Priority: batch``), which
 retry a shed request after a short pause instead of its Retry-After, to keep the pressure on.
 The router lets batch in only while fewer than ``batch_share x max_ongoing_requests`` requests
 run on it (docs/flow-control.md). Prints interactive p50/p95 of both phases and their ratio
 (the target: p95 rises at most 25%), and how many batch requests were shed and served.
 
-    python benchmarks/bench_priority.py [--interactive 2] [--batch 8] [--phase-s 25] [--pause-s 1] \
-        [--max-ongoing 4] [--batch-share 0.25]
+    python benchmarks/bench_priority.py [--interactive 2] [--batch 8] [--phase-s 12] [--rounds 2] \
+        [--pause-s 1] [--max-ongoing 4] [--batch-share 0.25]
 
 The defaults let batch in only on an idle router (4 x 0.25 = 1: while no other request runs):
 two interactive clients already keep the demo pair's two CPU cores busy.
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interactive", type=int, default=2, help="closed-loop interactive clients")
     parser.add_argument("--batch", type=int, default=8, help="batch-priority clients in the flood")
-    parser.add_argument("--phase-s", type=float, default=25.0, help="seconds of each phase")
+    parser.add_argument("--phase-s", type=float, default=12.0, help="seconds of each phase")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of a phase alone and one beside the flood")
     parser.add_argument("--pause-s", type=float, default=1.0, help="a shed batch client's pause before retrying")
     parser.add_argument("--max-ongoing", type=int, default=4, help="serving.router.max_ongoing_requests")
     parser.add_argument("--batch-share", type=float, default=0.25, help="serving.router.batch_share")
@@ -111,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_app(app_args), name="bench", route_prefix="/")
         base = f"http://127.0.0.1:{args.port}"
         asyncio.run(interactive(base, args.interactive, 5.0))  # warm-up
-        alone = asyncio.run(interactive(base, args.interactive, args.phase_s))
-        beside, counts = asyncio.run(beside_flood(base, args))
+        alone: list[float] = []
+        beside: list[float] = []
+        counts = {"served": 0, "shed": 0}
+        for _ in range(args.rounds):  # alternated, so the machine's other load weighs on both alike
+            alone += asyncio.run(interactive(base, args.interactive, args.phase_s))
+            latencies, flooded = asyncio.run(beside_flood(base, args))
+            beside += latencies
+            counts = {k: counts[k] + flooded[k] for k in counts}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"demo pair, 1 replica per pool; {args.interactive} interactive clients, a flood of {args.batch} batch "
         f"clients (retry after {args.pause_s} s); batch let in while < {limit:g} requests run on the router "
-        f"(max_ongoing_requests {args.max_ongoing} x batch_share {args.batch_share}); {args.phase_s:g} s per phase"
+        f"(max_ongoing_requests {args.max_ongoing} x batch_share {args.batch_share}); {args.rounds} rounds of "
+        f"{args.phase_s:g} s alone and {args.phase_s:g} s beside the flood"
     )
     print("| interactive | requests | p50 (s) | p95 (s) |")
     print("|---|---|---|---|")
