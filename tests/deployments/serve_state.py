@@ -26,6 +26,19 @@ def running(app: str, deployment: str) -> int:
     return int(status.deployments[deployment].replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
 
 
+def active(app: str, deployment: str) -> int:
+    """Replicas of ``deployment`` in ``app`` that are running or on their way (STARTING, UPDATING,
+    RECOVERING): the count Serve is bringing the deployment to. On a loaded machine a new
+    replica can take over a minute to load its model; the count is what a scaling decision sets."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or deployment not in status.deployments:
+        return 0
+    states = status.deployments[deployment].replica_states
+    return sum(int(states.get(state, 0)) for state in ("STARTING", "UPDATING", "RECOVERING", "RUNNING"))  # type: ignore[call-overload]
+
+
 def replica_nodes(app: str, deployment: str) -> list[str]:
     """The node of every live replica of ``deployment`` in ``app`` (from the GCS actor table)."""
     from ray._private.state import actors
