@@ -95,7 +95,11 @@ class GlimpOptions(WireRequest):
         None, description="Loop rules: this project's (glimp) or the paper's reference code's (reference)."
     )
     threshold: float | None = Field(None, description="τ for this request.")
-    policy: Literal["entropy", "small", "large", "random"] | None = None
+    policy: Literal["entropy", "top1", "margin", "small", "large", "random"] | None = Field(
+        None,
+        description="Step routing: entropy (τ in nats, above it goes large), top1 or margin (τ a probability: the "
+        "glimpsed token's probability, or top-1 minus top-2, below it goes large), small, large or random.",
+    )
     mode: Literal["fused", "paper"] | None = None
     entropy: Literal["full", "topk"] | None = Field(
         None, description="Glimpse entropy: full vocabulary (an HF small pool only) or top-k renormalised."
@@ -140,6 +144,10 @@ class _Request(WireRequest):
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
     # --- extensions -------------------------------------------------------------
+    # Sampling, top level as vLLM's server takes them (unset: each model's generation_config.json).
+    # Not glimp.top_k, which is the glimpse's k.
+    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: off).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens below min_p x the top probability.")
     glimp: GlimpOptions = Field(default_factory=GlimpOptions)
 
     @field_validator("stop")
@@ -176,6 +184,8 @@ class _Request(WireRequest):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "sampling_top_k": self.top_k,
+            "min_p": self.min_p,
             "answer_max_tokens": self.answer_max_tokens,
             "stop": self.stop_strings(),
             **self.glimp.overrides(),

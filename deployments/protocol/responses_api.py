@@ -160,6 +160,8 @@ class ResponsesRequest(WireRequest):
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
     # --- extensions -------------------------------------------------------------
+    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: off).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens below min_p x the top probability.")
     glimp: GlimpOptions = Field(default_factory=GlimpOptions)
 
     @field_validator("input")
@@ -202,6 +204,8 @@ class ResponsesRequest(WireRequest):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": None,
+            "sampling_top_k": self.top_k,
+            "min_p": self.min_p,
             "answer_max_tokens": self.answer_max_tokens,
             "stop": (),
             **self.glimp.overrides(),
