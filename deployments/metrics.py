@@ -10,7 +10,9 @@ LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
 
 
 class RouterMetrics:
-    """Steps by route, tokens by pool, glimpse entropy, routing ratio and request latency."""
+    """Steps by route, tokens by pool, glimpse entropy, routing ratio, request latency and the
+    shadow policies' decisions (their agreement with the acting one and the large fraction each
+    would have had: ``sum by (policy) (...{agrees="true"}) / sum by (policy) (...)``)."""
 
     def __init__(self) -> None:
         from ray.serve.metrics import Counter, Gauge, Histogram
@@ -34,6 +36,12 @@ class RouterMetrics:
             tag_keys=("outcome", "key"),  # type: ignore[arg-type]  # Ray annotates it as a 1-tuple
         )
         self.threshold = Gauge("glimp_threshold", description="The threshold tau new steps are routed on (nats).")
+        self.shadow = Counter(
+            "glimp_shadow_steps",
+            description="Glimpsed steps by shadow policy (routing.shadow), the decision it would have taken and "
+            "whether that agrees with the acting policy's.",
+            tag_keys=("policy", "decision", "agrees"),  # type: ignore[arg-type]  # Ray annotates it as a 1-tuple
+        )
 
     def observe(self, event: StepRecord | CollabResult, load: RouterLoad, key: str | None = None) -> None:
         """One event, and the routing ratio the router's demand meter now reads; ``key``: the name
@@ -46,6 +54,9 @@ class RouterMetrics:
                 self.tokens.inc(event.tokens, tags={"pool": event.model})
             if event.entropy is not None:
                 self.entropy.observe(event.entropy)
+            for policy, decision in event.shadow.items():
+                agrees = "true" if decision == event.model else "false"
+                self.shadow.inc(tags={"policy": policy, "decision": decision, "agrees": agrees})
             return
         if event.answer_record.tokens > 0:  # e.g. an answer with no room left in the context
             self.tokens.inc(event.answer_record.tokens, tags={"pool": event.answer_record.model})

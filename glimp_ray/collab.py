@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
-from glimp_ray.policies import LARGE, SMALL, Route, engine_threshold, make_policy
+from glimp_ray.policies import LARGE, SMALL, Route, engine_threshold, make_policy, shadow_decisions
 from glimp_ray.records import CollabResult, StepRecord, StopReason, record_of
 from glimp_ray.step_run import StepRun, joined, repeats, run_steps, step_max_tokens, step_seed
 from glimp_ray.types import GenerateSpec, GlimpseSpec, Message, SamplingParams, StepRequest, StepResult
@@ -186,6 +186,7 @@ class _Run:
         entropy: float | None = None
         glimpse_s = 0.0
         glimpse: StepResult | None = None
+        signals: StepResult | None = None  # the call whose glimpse this step was routed on
         route: Route | None = None
         tau = self.tau() if self.tau is not None else p.threshold
         if self.run is not None:
@@ -199,7 +200,7 @@ class _Run:
             t0 = time.perf_counter()
             glimpse = await self._call(SMALL, glimpse=self._glimpse(None))
             glimpse_s = time.perf_counter() - t0
-            entropy = glimpse.entropy
+            entropy, signals = glimpse.entropy, glimpse
             route = policy(glimpse.glimpse, self.rng)
         elif not policy.needs_glimpse:
             route = policy(None, self.rng)
@@ -220,7 +221,7 @@ class _Run:
             else:
                 result = await self._call(SMALL, glimpse=self._glimpse(threshold), generate=generate(SMALL))
             if result.entropy is not None:
-                entropy = result.entropy
+                entropy, signals = result.entropy, result
             if result.routed:
                 glimpse_s += time.perf_counter() - t0
                 glimpse = result
@@ -233,7 +234,12 @@ class _Run:
             result = await self._call(LARGE, generate=generate(LARGE))
         latency = time.perf_counter() - t0 + glimpse_s
         routed_on = tau if policy.signal is not None else None
-        return record_of(index, route, result, entropy, latency, glimpse_s, glimpse, routed_on)
+        # Shadow policies decide from the same glimpse, streamed steps included: no model work.
+        glimpsed = signals.glimpse if signals is not None else None
+        shadow = shadow_decisions(p.shadow, glimpsed, self.rules.large_at_threshold)
+        return record_of(
+            index, route, result, entropy, latency, glimpse_s, glimpse, routed_on, signals, p.policy, shadow
+        )
 
     async def events(self) -> AsyncIterator[StepRecord | CollabResult]:
         p = self.params

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
 from glimp_ray.params import REFERENCE_TOP_K, Preset, check_preset
-from glimp_ray.policies import RandomP
+from glimp_ray.policies import RandomP, check_shadow
 from glimp_ray.tau_control import OverloadControl, TauControl
 
 
@@ -211,6 +211,17 @@ class RoutingConfig(StrictModel):
     overload: OverloadConfig | None = Field(
         None, description="Served only: raise τ to shed steps to the small pool while the large pool is saturated."
     )
+    shadow: dict[str, float] = Field(
+        default_factory=dict,
+        description="Shadow policies: name -> τ, e.g. {top1: 0.6, margin: 0.1}. Each is decided from every glimpsed "
+        "step's glimpse beside the acting policy and only recorded (step records, spans, the glimp_shadow_steps "
+        "metric). Pre-step signal policies only: entropy, top1, margin. docs/routing.md: 'Shadow routing'.",
+    )
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_policies(cls, shadow: dict[str, float]) -> dict[str, float]:
+        return dict(check_shadow(shadow))
 
     def tau_control(self) -> TauControl:
         """The router's online τ settings (inactive when neither control is set)."""

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, check_random_p
+from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, Shadow, check_random_p, check_shadow
 from glimp_ray.types import EntropyKind, GlimpseSpec, SamplingParams
 
 Mode = Literal["fused", "paper"]
@@ -84,6 +84,9 @@ class CollabParams:
     sampling_top_k: int | None = None
     min_p: float | None = None
     streaming_glimpse: bool = True  # fused mode: the small pool writes a run of easy steps per call
+    # Shadow policies: (name, τ) pairs, recorded beside the acting one (a mapping name -> τ is
+    # taken too); see glimp_ray.policies.check_shadow.
+    shadow: Shadow = ()
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -98,6 +101,7 @@ class CollabParams:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_random_p(self.random_p)
+        object.__setattr__(self, "shadow", check_shadow(self.shadow))  # frozen: normalised once, here
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold}")
         if any(not isinstance(s, str) or not s for s in self.stop):

@@ -9,6 +9,10 @@ A *pre-step* policy sees the glimpse's signals (:class:`~glimp_ray.types.Glimpse
 - ``margin``: large when top-1 minus top-2 probability is below τ;
 - ``small``, ``large``, ``random``: the baselines.
 
+*Shadow* policies (:func:`check_shadow`, :func:`shadow_decisions`) are pre-step policies computed
+beside the acting one from the same glimpse and only recorded: an operator sees what each would
+have decided before switching to it.
+
 A policy reading a signal names it (:attr:`RoutingPolicy.signal`), so a fused glimpse routes on
 the same rule inside the engine (:func:`glimpse_routes_large`). A NaN or infinite signal raises
 :class:`~glimp_ray.engine.base.NonFiniteSignalError`: no route is taken on it.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 
@@ -160,3 +165,83 @@ def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25, at_th
     if name == "random":
         return RandomPolicy(random_p)
     raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
+
+
+# A shadow policy decides from the glimpse alone, with no model work of its own: the signal
+# policies, each on its own τ.
+Shadow = tuple[tuple[str, float], ...]
+
+
+def check_shadow(shadow: Mapping[str, float] | Iterable[tuple[str, float]] | None) -> Shadow:
+    """Shadow policies as ``(name, τ)`` pairs in name order, from a mapping name → τ (or pairs).
+
+    Only pre-step signal policies (``entropy``, ``top1``, ``margin``) qualify: their decision
+    comes from the glimpse the step already took. The baselines have no signal to compare, and a
+    shadow ``random`` would draw from the acting policy's generator."""
+    if shadow is None:
+        return ()
+    pairs = list(shadow.items()) if isinstance(shadow, Mapping) else list(shadow)
+    allowed = ", ".join(SIGNAL_POLICIES)
+    checked: dict[str, float] = {}
+    for name, threshold in pairs:
+        if name in ("small", "large", "random"):
+            raise ValueError(
+                f"shadow policy {name!r} reads no glimpse signal; a shadow policy decides from the glimpse: {allowed}"
+            )
+        if name not in SIGNAL_POLICIES:
+            raise ValueError(
+                f"unknown shadow policy {name!r}; a shadow policy decides from the glimpse, with no model work of "
+                f"its own: {allowed}"
+            )
+        if name in checked:
+            raise ValueError(f"shadow policy {name!r} is given twice")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+            raise ValueError(f"shadow policy {name!r} needs a finite threshold, got {threshold!r}")
+        checked[name] = float(threshold)
+    return tuple(sorted(checked.items()))
+
+
+def shadow_decisions(shadow: Shadow, glimpse: GlimpseSignals | None, at_threshold: bool = False) -> dict[str, Route]:
+    """What each shadow policy would have decided on this glimpse (``at_threshold``: the preset's
+    rule, as for the acting policy). A shadow never fails a step: without a glimpse, or where its
+    signal is missing or not finite (a pool that gives the entropy only), it has no decision."""
+    if glimpse is None:
+        return {}
+    decisions: dict[str, Route] = {}
+    for name, threshold in shadow:
+        signal = SIGNAL_POLICIES[name]
+        value = glimpse.value(signal)
+        if math.isfinite(value):
+            decisions[name] = LARGE if signal_routes_large(signal, value, threshold, at_threshold) else SMALL
+    return decisions
+
+
+@dataclass(frozen=True)
+class ShadowTally:
+    """Shadow decisions against the acting ones over some steps: per shadow policy, the steps it
+    decided, how many it agreed with the acting decision on, and how many it would have sent large."""
+
+    steps: int = 0
+    agreed: int = 0
+    large: int = 0
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.steps if self.steps else 0.0
+
+    @property
+    def large_fraction(self) -> float:
+        return self.large / self.steps if self.steps else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"steps": self.steps, "agreement": self.agreement, "large_fraction": self.large_fraction}
+
+
+def tally_shadow(steps: Iterable[tuple[Route, Mapping[str, Route]]]) -> dict[str, ShadowTally]:
+    """Per shadow policy, its :class:`ShadowTally` over ``(acting route, shadow decisions)`` of steps."""
+    tallies: dict[str, ShadowTally] = {}
+    for acting, decisions in steps:
+        for name, decision in decisions.items():
+            t = tallies.get(name, ShadowTally())
+            tallies[name] = ShadowTally(t.steps + 1, t.agreed + (decision == acting), t.large + (decision == LARGE))
+    return tallies

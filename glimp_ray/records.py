@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from glimp_ray.params import CollabParams
-from glimp_ray.policies import LARGE, Route
+from glimp_ray.policies import LARGE, Route, ShadowTally, tally_shadow
 from glimp_ray.types import FinishReason, StepResult
 
 StopReason = Literal["think_end", "eos", "repeat", "budget", "context"]
@@ -40,6 +40,10 @@ class StepRecord:
     glimpse_prefill_tokens: int = 0
     context_tokens: int = 0
     fell_back: bool = False
+    top1_prob: float | None = None  # the glimpse's top-1 probability (None: no glimpse, or a pool without it)
+    top2_prob: float | None = None
+    policy: str = ""  # the acting policy that routed it (the answer: none)
+    shadow: dict[str, Route] = field(default_factory=dict)  # each shadow policy's decision on the same glimpse
 
     @property
     def model_s(self) -> float:
@@ -70,6 +74,12 @@ class CollabResult:
         return sum(s.model == LARGE for s in self.steps) / len(self.steps)
 
     @property
+    def shadow_tallies(self) -> dict[str, ShadowTally]:
+        """Per shadow policy: the steps it decided, its agreement with the acting decisions and the
+        large fraction it would have had."""
+        return tally_shadow((s.model, s.shadow) for s in self.steps)
+
+    @property
     def thinking_tokens(self) -> int:
         return sum(s.tokens for s in self.steps)
 
@@ -93,6 +103,7 @@ class CollabResult:
             "large_step_fraction": self.large_step_fraction,
             "thinking_tokens": self.thinking_tokens,
             "completion_tokens": self.completion_tokens,
+            "shadow": {name: t.to_dict() for name, t in self.shadow_tallies.items()},
             "steps": [s.to_dict() for s in self.steps],
             "answer_record": self.answer_record.to_dict(),
         }
@@ -107,8 +118,12 @@ def record_of(
     glimpse_s: float,
     glimpse: StepResult | None,
     threshold: float | None = None,
+    signals: StepResult | None = None,
+    policy: str = "",
+    shadow: dict[str, Route] | None = None,
 ) -> StepRecord:
-    """``glimpse`` is the separate small call (paper mode) or the routed fused call."""
+    """``glimpse`` is the separate small call (paper mode) or the routed fused call; ``signals`` the
+    call whose glimpse routed the step (its top-1 and top-2 probabilities are recorded)."""
     return StepRecord(
         index=index,
         model=route,
@@ -130,4 +145,8 @@ def record_of(
         glimpse_prefill_tokens=glimpse.prefill_tokens if glimpse else 0,
         context_tokens=result.context_tokens,
         fell_back=result.fell_back,
+        top1_prob=signals.top1_prob if signals else None,
+        top2_prob=signals.top2_prob if signals else None,
+        policy=policy,
+        shadow=dict(shadow or {}),
     )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from glimp_ray.tracing import SPAN_ANSWER, SPAN_REQUEST, SPAN_STEP
+from glimp_ray.tracing import SHADOW_ATTRIBUTE, SPAN_ANSWER, SPAN_REQUEST, SPAN_STEP
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class TracedCall:
     replica: str = ""
     end_s: float | None = None  # when the call ended (the span's end), None if not recorded
     concurrency: float = 1.0  # mean calls its replica ran during it, itself included
+    top1_prob: float | None = None  # the glimpse's top-1 and top-2 probabilities
+    top2_prob: float | None = None
+    policy: str = ""  # the acting policy that routed it
+    shadow: dict[str, str] = field(default_factory=dict, hash=False)  # each shadow policy's decision
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,14 @@ def _call(span: dict[str, Any], route_default: str = "large") -> TracedCall:
         glimpse_model_s=float(attributes.get("glimp.glimpse.model_s", 0.0)),
         replica=str(attributes.get("glimp.replica", "")),
         end_s=_seconds(span, "end_time_unix_nano"),
+        top1_prob=attributes.get("glimp.top1_prob"),
+        top2_prob=attributes.get("glimp.top2_prob"),
+        policy=str(attributes.get("glimp.policy", "")),
+        shadow={
+            key.removeprefix(SHADOW_ATTRIBUTE): str(value)
+            for key, value in attributes.items()
+            if key.startswith(SHADOW_ATTRIBUTE)
+        },
     )
 
 

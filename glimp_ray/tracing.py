@@ -32,6 +32,7 @@ from glimp_ray.collab import CollabParams, CollabResult, StepRecord
 SPAN_REQUEST = "glimp.request"
 SPAN_STEP = "glimp.step"
 SPAN_ANSWER = "glimp.answer"
+SHADOW_ATTRIBUTE = "glimp.shadow."  # + a shadow policy's name: its decision on the step
 Exporter = Literal["none", "console", "otlp", "jsonl"]
 
 
@@ -133,8 +134,16 @@ def step_attributes(record: StepRecord, threshold: float | None) -> dict[str, An
         attributes["glimp.glimpse_replica"] = record.glimpse_replica
     if record.entropy is not None:
         attributes["glimp.entropy"] = record.entropy
+    if record.top1_prob is not None:
+        attributes["glimp.top1_prob"] = record.top1_prob
+    if record.top2_prob is not None:
+        attributes["glimp.top2_prob"] = record.top2_prob
+    if record.policy:
+        attributes["glimp.policy"] = record.policy
     if threshold is not None:
         attributes["glimp.threshold"] = threshold
+    for name, decision in record.shadow.items():  # span attributes are flat: one per shadow policy
+        attributes[f"{SHADOW_ATTRIBUTE}{name}"] = decision
     return attributes
 
 
@@ -172,6 +181,13 @@ class RequestTrace:
                 "glimp.stop_reason": event.stop_reason,
             }
         )
+        for name, tally in event.shadow_tallies.items():
+            self.root.set_attributes(
+                {
+                    f"{SHADOW_ATTRIBUTE}{name}.agreement": tally.agreement,
+                    f"{SHADOW_ATTRIBUTE}{name}.large_fraction": tally.large_fraction,
+                }
+            )
 
     def _child(self, name: str, record: StepRecord, attributes: dict[str, Any]) -> None:
         # The record knows how long the step took; its span covers exactly that interval.
@@ -198,6 +214,8 @@ def request_span(
         "glimp.mode": params.mode,
         "glimp.threshold": params.threshold,
     }
+    for name, threshold in params.shadow:
+        attributes[f"{SHADOW_ATTRIBUTE}{name}.threshold"] = threshold
     if api_key is not None:
         attributes["glimp.api_key"] = api_key
     # Not made "current": a streamed response ends the span in another task, where
