@@ -28,10 +28,12 @@ from glimp_ray.demo.task import make_split
 from glimp_ray.eval.metrics import percentile
 
 
-async def interactive(base: str, clients: int, seconds: float) -> list[float]:
-    """Closed-loop interactive clients; the latency of every request (all must succeed)."""
+async def interactive(base: str, clients: int, seconds: float, counted_from: float = 0.0) -> list[float]:
+    """Closed-loop interactive clients; the latency of every request sent ``counted_from`` seconds
+    in or later (all must succeed)."""
     problems = make_split("test", 200)
     latencies: list[float] = []
+    first = time.perf_counter() + counted_from
     until = time.perf_counter() + seconds
 
     async def client(http: httpx.AsyncClient, offset: int) -> None:
@@ -41,7 +43,8 @@ async def interactive(base: str, clients: int, seconds: float) -> list[float]:
             start = time.perf_counter()
             response = await http.post(f"{base}/v1/chat/completions", json=body)
             response.raise_for_status()
-            latencies.append(time.perf_counter() - start)
+            if start >= first:
+                latencies.append(time.perf_counter() - start)
             n += 37
 
     async with httpx.AsyncClient(timeout=600) as http:
@@ -73,10 +76,14 @@ async def flood(base: str, clients: int, stop: asyncio.Event, pause_s: float) ->
 
 
 async def beside_flood(base: str, args: argparse.Namespace) -> tuple[list[float], dict[str, int]]:
+    """The flood arrives while interactive clients run (a batch request let in on an idle router
+    runs to its end: it is not preempted), and the requests sent after it are measured."""
     stop = asyncio.Event()
+    lead_s = 1.0
+    measuring = asyncio.create_task(interactive(base, args.interactive, lead_s + args.phase_s, counted_from=lead_s))
+    await asyncio.sleep(lead_s / 2)
     flooding = asyncio.create_task(flood(base, args.batch, stop, args.pause_s))
-    await asyncio.sleep(1.0)  # the flood is running before the interactive clients start
-    latencies = await interactive(base, args.interactive, args.phase_s)
+    latencies = await measuring
     stop.set()
     return latencies, await flooding
 
