@@ -4,11 +4,12 @@ Step ``i`` of a transcript (the number of delimiters it already holds) gets ``st
 (the last one repeats past the end). One character is one token, so ``max_tokens``
 truncates the text character-wise; with a ``context``, the prompt and transcript count
 against it as the HF engine's tokens do (a full context refuses the call, a step is cut at it).
+A ``fail`` hook injects failures: it sees each call and may return the exception to raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from glimp_ray.engine.base import PromptTooLongError
@@ -37,6 +38,7 @@ class ScriptedEngine:
         answer: str = "42",
         delimiter: str = "\n\n",
         context: int | None = None,
+        fail: Callable[[int, StepRequest], BaseException | None] | None = None,
     ):
         if not steps:
             raise ValueError("a script needs at least one step")
@@ -45,6 +47,7 @@ class ScriptedEngine:
         self.answer = answer
         self.delimiter = delimiter
         self.context = context
+        self.fail = fail  # (the call's index in ``calls``, its request) -> an exception to raise, or None
         self.calls: list[StepRequest] = []
         self.released: list[str] = []
 
@@ -60,6 +63,9 @@ class ScriptedEngine:
 
     async def step(self, request: StepRequest) -> StepResult:
         self.calls.append(request)
+        failure = self.fail(len(self.calls) - 1, request) if self.fail is not None else None
+        if failure is not None:
+            raise failure
         room = self._room(request)
         if request.close_thinking:
             assert request.generate is not None
