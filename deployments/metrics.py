@@ -43,9 +43,12 @@ class RouterMetrics:
             tag_keys=("policy", "decision", "agrees"),  # type: ignore[arg-type]  # Ray annotates it as a 1-tuple
         )
 
-    def observe(self, event: StepRecord | CollabResult, load: RouterLoad, key: str | None = None) -> None:
+    def observe(
+        self, event: StepRecord | CollabResult, load: RouterLoad, key: str | None = None, shadow: bool = True
+    ) -> None:
         """One event, and the routing ratio the router's demand meter now reads; ``key``: the name
-        of the API key the request came with."""
+        of the API key the request came with; ``shadow``: count the step's shadow decisions (the
+        app's shadow policies; not a request's own)."""
         self.ratio.set(load.step_share.get("large", 0.0), tags={"by": "steps"})
         self.ratio.set(load.token_share.get("large", 0.0), tags={"by": "tokens"})
         if isinstance(event, StepRecord):
@@ -54,9 +57,10 @@ class RouterMetrics:
                 self.tokens.inc(event.tokens, tags={"pool": event.model})
             if event.entropy is not None:
                 self.entropy.observe(event.entropy)
-            for policy, decision in event.shadow.items():
-                agrees = "true" if decision == event.model else "false"
-                self.shadow.inc(tags={"policy": policy, "decision": decision, "agrees": agrees})
+            if shadow:
+                for policy, decision in event.shadow.items():
+                    agrees = "true" if decision == event.model else "false"
+                    self.shadow.inc(tags={"policy": policy, "decision": decision, "agrees": agrees})
             return
         if event.answer_record.tokens > 0:  # e.g. an answer with no room left in the context
             self.tokens.inc(event.answer_record.tokens, tags={"pool": event.answer_record.model})

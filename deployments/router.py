@@ -327,11 +327,14 @@ class GlimpRouter:
         """Spans and metrics for each event; the caller's traceparent (``headers``) joins its trace,
         and the name of the API key it came with (``key``) goes on its span and request metric."""
         self.demand.arrived(time.monotonic())
+        # The shadow metric counts the app's shadow policies; a request's own (glimp.shadow) shows
+        # in its trace and spans only, so a client's experiment does not skew the operator's counts.
+        shadow = params.shadow == self.collab.params.shadow
         try:
             with request_span(self.tracer, request_id, params, headers, api_key=key) as span:
                 async for event in events:
                     span.observe(event)
-                    self._measure(event, key)
+                    self._measure(event, key, shadow)
                     yield event
         except Exception as exc:
             self.metrics.failed(type(exc).__name__, key)
@@ -339,7 +342,7 @@ class GlimpRouter:
         finally:
             await events.aclose()
 
-    def _measure(self, event: StepRecord | CollabResult, key: str | None = None) -> None:
+    def _measure(self, event: StepRecord | CollabResult, key: str | None = None, shadow: bool = True) -> None:
         now = time.monotonic()
         if isinstance(event, StepRecord):
             self.demand.observe(now, event)
@@ -351,7 +354,7 @@ class GlimpRouter:
             self.metrics.threshold.set(self.tau.tau)
         else:
             self.demand.observe(now, event.answer_record, finished_tokens=event.completion_tokens)
-        self.metrics.observe(event, self.demand.load(now), key)
+        self.metrics.observe(event, self.demand.load(now), key, shadow)
 
     async def pool_stats(self, pool: str) -> dict[str, Any]:
         """A replica's counters (``handle.pool_stats.remote("small")``), for tests."""
