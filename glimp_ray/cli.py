@@ -58,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--validation", help="'demo' or a JSONL file to choose τ on (default: demo for demo)")
     ev.add_argument("--validation-limit", type=int, default=200, help="validation examples")
     ev.add_argument("--out", default="eval-out", help="directory for results.md, results.json and the plot")
+    ev.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per policy, with seeds seed, seed+1, … (the config's seed, default 0)",
+    )
+    ev.add_argument(
+        "--candidate-fractions",
+        default="0.1,0.2,0.3,0.4,0.5",
+        help="large fractions of the small-only steps at which each signal's threshold candidates are drawn",
+    )
+    ev.add_argument(
+        "--target-large-fraction",
+        type=float,
+        help="take each signal's threshold at this large fraction instead of the accuracy rule",
+    )
+    ev.add_argument(
+        "--keep-accuracy", type=float, default=0.95, help="share of large-only accuracy a chosen threshold keeps"
+    )
     cal = commands.add_parser("calibrate", help="choose τ from traced glimpse entropies")
     cal.add_argument("--traces", required=True, help="JSON-lines span file")
     cal.add_argument("--target-large-fraction", type=float, required=True, help="e.g. 0.25 (paper: 0.2-0.3)")
@@ -290,6 +309,11 @@ def _eval(args: argparse.Namespace) -> int:
                 args.limit,
                 validation,
                 args.validation_limit,
+                seeds=args.seeds,
+                fractions=tuple(_floats(args.candidate_fractions) or ()),
+                target_large_fraction=args.target_large_fraction,
+                keep=args.keep_accuracy,
+                command="glimp-ray " + " ".join(sys.argv[1:]),
             )
         )
     finally:

@@ -23,6 +23,7 @@ class Example:
     problem: str
     answer: str
     gold_steps: tuple[str, ...] = ()  # known for the synthetic task only
+    hard_steps: tuple[bool, ...] = ()  # per gold step: one the task calls hard (synthetic task)
 
     def messages(self) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.problem}]
@@ -37,7 +38,13 @@ class Dataset:
 
 def demo_examples(split: str, n: int) -> list[Example]:
     return [
-        Example(p.id, p.question, str(p.answer), tuple(step + task.DELIMITER for step in p.steps()))
+        Example(
+            p.id,
+            p.question,
+            str(p.answer),
+            tuple(step + task.DELIMITER for step in p.steps()),
+            tuple(p.hard_steps()),
+        )
         for p in task.make_split(split, n)
     ]
 

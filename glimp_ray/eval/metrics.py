@@ -43,3 +43,15 @@ def quantile_threshold(entropies: Sequence[float], large_fraction: float) -> flo
     if not 0 <= large_fraction <= 1:
         raise ValueError(f"large fraction must be in [0, 1], got {large_fraction}")
     return percentile(entropies, 100 * (1 - large_fraction))
+
+
+def signal_threshold(values: Sequence[float], large_fraction: float, signal: str) -> float:
+    """The threshold sending ``large_fraction`` of these steps large on ``signal``: an entropy
+    above it goes large, a top-1 probability or a margin below it does."""
+    if signal == "entropy":
+        return quantile_threshold(values, large_fraction)
+    if not values:
+        raise ValueError(f"no {signal} values to calibrate on")
+    if not 0 <= large_fraction <= 1:
+        raise ValueError(f"large fraction must be in [0, 1], got {large_fraction}")
+    return percentile(values, 100 * large_fraction)

@@ -9,8 +9,9 @@ import pytest
 from glimp_ray.collab import Collaborator, CollabParams
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep
 from glimp_ray.eval.datasets import Dataset, Example, check_demo, check_math, load_dataset, load_jsonl
-from glimp_ray.eval.harness import RunSummary, evaluate, select_threshold, step_error_auroc
-from glimp_ray.eval.report import write_reports
+from glimp_ray.eval.harness import RunSummary, evaluate, select_threshold
+from glimp_ray.eval.report import markdown_table
+from glimp_ray.eval.signals import step_error_auroc
 
 
 def pair() -> Collaborator:
@@ -79,15 +80,25 @@ def test_select_threshold_prefers_fewest_large_steps_that_keep_accuracy() -> Non
         select_threshold([], large)
 
 
-def test_step_error_auroc_on_gold_steps() -> None:
+def test_step_error_auroc_on_gold_steps_for_every_signal() -> None:
+    # The wrong step has the highest entropy and the lowest top-1 probability, but not the lowest
+    # margin: each signal is scored on its own.
     small = ScriptedEngine(
-        "small", [ScriptedStep("x\n\n", 0.1), ScriptedStep("WRONG\n\n", 3.0), ScriptedStep("z\n\n", 0.3)]
+        "small",
+        [
+            ScriptedStep("x\n\n", 0.1, top1_prob=0.9, top2_prob=0.05),
+            ScriptedStep("WRONG\n\n", 3.0, top1_prob=0.4, top2_prob=0.1),
+            ScriptedStep("z\n\n", 0.3, top1_prob=0.6, top2_prob=0.4),
+        ],
     )
     collab = Collaborator(small, ScriptedEngine("large", [ScriptedStep("L\n\n")]))
-    examples = [Example("e", "q", "1", ("x\n\n", "y\n\n", "z\n\n"))]
+    examples = [Example("e", "q", "1", ("x\n\n", "y\n\n", "z\n\n"), (False, True, True))]
     result = asyncio.run(step_error_auroc(collab, examples))
-    assert result["auroc"] == 1.0 and result["steps"] == 3
-    assert result["small_step_error_rate"] == pytest.approx(1 / 3)
+    assert result["steps"] == 3 and result["small_step_error_rate"] == pytest.approx(1 / 3)
+    assert result["auroc"] == {"entropy": 1.0, "1 − top1": 1.0, "1 − margin": 0.5}
+    # Against the task's hard-step label (steps 2 and 3): z's margin 0.2 is the lowest.
+    assert result["auroc_hard"] == {"entropy": 1.0, "1 − top1": 1.0, "1 − margin": 1.0}
+    assert result["hard_step_fraction"] == pytest.approx(2 / 3)
     assert small.released == ["auroc-e"]
 
 
@@ -107,13 +118,11 @@ def test_datasets_and_checkers(tmp_path: Path) -> None:
         load_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_reports_are_written(tmp_path: Path) -> None:
+def test_markdown_table_of_single_runs() -> None:
     runs = [
         RunSummary("small-only", "small", "d", accuracy=0.5, mean_latency_s=1.0),
-        RunSummary("large-only", "large", "d", accuracy=0.9, mean_latency_s=2.0, large_step_fraction=1.0),
         RunSummary("GlimpRouter", "entropy", "d", threshold=1.0, accuracy=0.88, mean_latency_s=1.4),
+        RunSummary("random", "random", "d", random_p=0.25, accuracy=0.6, mean_latency_s=1.2),
     ]
-    paths = write_reports(tmp_path, runs, {"entropy_auroc": {"auroc": 0.9}}, "toy")
-    assert "| GlimpRouter | 1.000 | 88.0% |" in paths["markdown"].read_text()
-    assert json.loads(paths["json"].read_text())["runs"][2]["accuracy"] == 0.88
-    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = markdown_table(runs)
+    assert "| GlimpRouter | 1 | 88.0% | 1.400 |" in table and "| random | p=0.250 | 60.0% |" in table

@@ -29,3 +29,16 @@ def test_quantile_threshold_sends_the_fraction_large() -> None:
     assert sum(e > tau for e in entropies) == 25
     with pytest.raises(ValueError):
         quantile_threshold([], 0.2)
+
+
+def test_signal_threshold_counts_probabilities_from_below() -> None:
+    from glimp_ray.eval.metrics import signal_threshold
+
+    values = [i / 100 for i in range(100)]
+    assert sum(v > signal_threshold(values, 0.2, "entropy") for v in values) == 20
+    assert sum(v < signal_threshold(values, 0.2, "top1") for v in values) == 20
+    assert sum(v < signal_threshold(values, 0.3, "margin") for v in values) == 30
+    with pytest.raises(ValueError):
+        signal_threshold([], 0.2, "top1")
+    with pytest.raises(ValueError):
+        signal_threshold(values, 1.5, "margin")
