@@ -143,8 +143,9 @@ def validation_table(validation: Validation) -> str:
 
 
 def plot(path: Path, stats: Sequence[ArmStats], validation: Validation | None, title: str) -> None:
-    """Left: each signal policy's threshold sweep on validation (from small-only to large-only);
-    right: every arm on test, mean ± sd over the seeds. One legend, below both panels."""
+    """Left: each signal policy's threshold sweep on validation (small-only, the candidates by
+    their large share, large-only); right: every arm on test, mean ± sd over the seeds. One
+    legend, below both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +158,9 @@ def plot(path: Path, stats: Sequence[ArmStats], validation: Validation | None, t
     if validation is not None:
         ax = axes[0][0]
         for policy, candidates in validation.candidates.items():
-            sweep = sorted([validation.small, *candidates, validation.large], key=lambda r: r.mean_latency_s)
+            # In threshold order (from all-small to all-large), not by latency: a loaded machine's
+            # latencies need not be monotone in the large share.
+            sweep = [validation.small, *sorted(candidates, key=lambda r: r.large_step_fraction), validation.large]
             (line,) = ax.plot(
                 [r.mean_latency_s for r in sweep],
                 [100 * r.accuracy for r in sweep],

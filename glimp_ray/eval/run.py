@@ -21,7 +21,7 @@ from typing import Any
 
 from glimp_ray.collab import Collaborator
 from glimp_ray.eval.datasets import Dataset, load_dataset
-from glimp_ray.eval.harness import evaluate, select_threshold
+from glimp_ray.eval.harness import evaluate, run_example, select_threshold
 from glimp_ray.eval.metrics import signal_threshold
 from glimp_ray.eval.report import Validation, seeds_table, write_reports
 from glimp_ray.eval.seeds import Arm, Comparison, arm_stats, compare, run_seeds
@@ -116,6 +116,9 @@ async def run_eval(
     test = load_dataset(dataset, "test", limit)
     if validation not in (None, "demo") and Path(validation).resolve() == Path(dataset).resolve():
         raise ValueError("the validation set must not be the test set")
+    # One unrecorded request per model first: the first forwards of a process are slow.
+    for policy in ("small", "large"):
+        await run_example(collab, test.examples[0], test.check, policy, seed=0)
     base = collab.params.seed or 0
     seed_list = list(range(base, base + seeds))
     chosen: Validation | None = None
