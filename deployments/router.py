@@ -153,8 +153,8 @@ class GlimpRouter:
         routing = self.config.routing
         self.config = AppConfig.model_validate(merged)
         self.collab.params = self.config.collab_params()
-        if self.config.routing != routing:
-            self._control_tau()
+        if self.config.routing.model_dump(exclude={"shadow"}) != routing.model_dump(exclude={"shadow"}):
+            self._control_tau()  # new shadow policies alone keep the online τ where it is
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Request rate and routing ratio for the routing-ratio autoscaling policy."""

@@ -3,6 +3,7 @@ decisions per step and the ``glimp_shadow_steps`` counter the router increments 
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from typing import Any
 from unittest import mock
@@ -96,3 +97,14 @@ def test_shadow_policies_change_at_runtime_through_user_config() -> None:
     assert [s["shadow"] for s in body["glimp"]["steps"]] == [{"top1": t} for t in TOP1]
     with pytest.raises(ValueError, match="unknown shadow policy 'verify'"):
         router.reconfigure({"routing": {"shadow": {"verify": 0.5}}})
+
+
+def test_new_shadow_policies_keep_the_online_tau_where_it_is() -> None:
+    router = router_over(*engines(), routing={"threshold": 1.0, "target_large_fraction": 0.3, "tau_window": 8})
+    controller = router.tau
+    router.reconfigure({"routing": {"shadow": {"margin": 0.2}}})
+    assert router.tau is controller and router.collab.params.shadow == (("margin", 0.2),)
+    router.reconfigure({"routing": {"threshold": 0.5}})
+    assert router.tau is not controller  # a routing change of its own restarts it
+    del router, controller
+    gc.collect()  # the ingress wrapper's __del__ warns here, under this module's filter
