@@ -9,8 +9,9 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import grpc
 from ray.exceptions import RayActorError, TaskCancelledError
@@ -21,6 +22,7 @@ from glimp_ray.step_run import StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 # A gRPC pool call that failed other than UNAVAILABLE (which Serve raises as ActorUnavailableError)
 # is handled like a replica gone: retried, then a 503.
 _GONE = (
@@ -60,7 +62,7 @@ class ServeStepClient:
         for attempt in range(self.retries + 1):
             response = self.handle.options(session_id=request.session_id, **self.transport).step.remote(request)
             try:
-                result = await asyncio.wait_for(_awaited(response), self.timeout_s)
+                result = await _within(_awaited(response), self.timeout_s)
             except asyncio.TimeoutError:
                 response.cancel()
                 raise PoolUnavailableError(f"the {self.name} pool did not answer within {self.timeout_s:g} s") from None
@@ -90,7 +92,7 @@ class ServeStepClient:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(stream.__anext__(), self.timeout_s)
+                    item = await _within(stream.__anext__(), self.timeout_s)
                 except StopAsyncIteration:
                     finished = True
                     return
@@ -125,6 +127,21 @@ class ServeStepClient:
 
 async def _awaited(response: Any) -> Any:
     return await response
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
+        """``awaitable``'s answer, or :class:`TimeoutError` after ``timeout_s``. Awaited in the
+        caller's task: ``asyncio.wait_for`` (before Python 3.12) loses a cancel that arrives as
+        the answer does, and the request then goes on for a client that is gone."""
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+
+else:  # pragma: no cover
+
+    async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
+        return await asyncio.wait_for(awaitable, timeout_s)  # can lose a cancel that comes with the answer
 
 
 def unwrap(result: StepResult | StepRejected) -> StepResult:
