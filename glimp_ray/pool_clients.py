@@ -18,7 +18,7 @@ from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from glimp_ray.engine.base import EngineError, StepClient, StepRejected
-from glimp_ray.step_run import StepRun
+from glimp_ray.step_run import RunCursor, StepRun
 from glimp_ray.types import StepRequest, StepResult
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class ServeStepClient:
         the step a call of its own, which is."""
         handle = self.handle.options(session_id=request.session_id, stream=True, **self.transport)
         stream = handle.run_steps.remote(request, run)
+        # The run's own cursor: after the step it ends with, the replica's run is over too (the loop
+        # stops reading there), so nothing is left to cancel.
+        cursor = RunCursor(request, run)
+        cursor.first()
         finished = False
         try:
             while True:
@@ -96,7 +100,10 @@ class ServeStepClient:
                 except StopAsyncIteration:
                     finished = True
                     return
-                yield unwrap(item)
+                result = unwrap(item)
+                cursor.advance(result)
+                finished = cursor.ended
+                yield result
         except asyncio.TimeoutError:
             raise PoolUnavailableError(f"the {self.name} pool did not answer within {self.timeout_s:g} s") from None
         except TaskCancelledError:

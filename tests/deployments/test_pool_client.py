@@ -229,6 +229,28 @@ def test_a_run_closed_early_or_cancelled_is_cancelled_on_the_replica() -> None:
     assert handle.streams[1].cancelled == 1
 
 
+@pytest.mark.parametrize(
+    ("steps", "last"),
+    [(EASY, "think_end"), ([ScriptedStep("s0\n\n", 0.5), ScriptedStep("s1\n\n", 2.0)], "routed")],
+)
+def test_a_run_closed_after_its_last_step_is_not_cancelled(steps: list[ScriptedStep], last: str) -> None:
+    """The loop stops reading at the step a run ends with (the end of thinking, or routed away);
+    the replica's run ended there too: no cancel is sent for it."""
+    handle = FakeHandle([], ScriptedEngine("small", steps))
+    client = ServeStepClient(handle, "small")
+
+    async def read_to_the_last_step() -> list[StepResult]:
+        run: Any = client.run_steps(RUN_REQUEST, RUN)
+        got = [await anext(run)]
+        while got[-1].finish_reason != last:
+            got.append(await anext(run))
+        await run.aclose()  # as the loop does: it never asks past the last step
+        return got
+
+    got = asyncio.run(read_to_the_last_step())
+    assert got[-1].finish_reason == last and handle.streams[0].cancelled == 0
+
+
 def test_a_run_serve_cancelled_is_a_cancellation_and_a_refusal_the_clients_error() -> None:
     client, handle = small_pool([("task_cancelled", 1), ("reject", 1)])
     with pytest.raises(asyncio.CancelledError):
@@ -254,7 +276,7 @@ def test_the_loop_makes_the_step_of_a_failed_run_a_call_of_its_own(action: str) 
     first, second = handle.streams
     # The failed run streamed 2 steps; step 2 was a call of its own; a new run wrote steps 3 and 4.
     assert (first.sent, first.cancelled) == (2, 1)
-    assert second.sent == 2  # (then closed by the loop, which stops reading after the last step)
+    assert (second.sent, second.cancelled) == (2, 0)  # read to its last step: nothing to cancel
     step_2 = [c for c in handle.engine.calls if c.transcript == "s0\n\ns1\n\n"]
     assert len(step_2) == 1 and step_2[0].glimpse is not None and step_2[0].glimpse.threshold == 1.0
 
