@@ -111,6 +111,11 @@ class GlimpOptions(WireRequest):
     thinking_budget: int | None = Field(None, ge=1)
     step_max_tokens: int | None = Field(None, ge=1)
     return_trace: bool = Field(False, description="Include the per-step trace in the response.")
+    shadow: dict[str, float] | None = Field(
+        None,
+        description="Shadow policies for this request, name -> τ (entropy, top1, margin): recorded in its trace "
+        "beside the acting policy, not counted in the router's metric. docs/routing.md: 'Shadow routing'.",
+    )
 
     def overrides(self) -> dict[str, Any]:
         """The loop's parameters these options set (``None``: the app's)."""
@@ -124,6 +129,7 @@ class GlimpOptions(WireRequest):
             "random_p": self.random_p,
             "thinking_budget": self.thinking_budget,
             "step_max_tokens": self.step_max_tokens,
+            "shadow": self.shadow,
         }
 
 

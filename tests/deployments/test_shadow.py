@@ -108,3 +108,18 @@ def test_new_shadow_policies_keep_the_online_tau_where_it_is() -> None:
     assert router.tau is not controller  # a routing change of its own restarts it
     del router, controller
     gc.collect()  # the ingress wrapper's __del__ warns here, under this module's filter
+
+
+def test_a_request_sets_its_own_shadow_policies_seen_in_its_trace_only() -> None:
+    router = router_over(*engines(), routing={"threshold": 1.0, "shadow": {"top1": 0.5}})
+
+    async def scenario(base: str, http: httpx.AsyncClient) -> Any:
+        own = await http.post(f"{base}/v1/chat/completions", json=chat({"shadow": {"margin": 0.9}}))
+        bad = await http.post(f"{base}/v1/chat/completions", json=chat({"shadow": {"random": 0.5}}))
+        return own.json(), bad
+
+    with mock.patch.object(router.metrics.shadow, "inc") as inc:
+        body, bad = serve(router, scenario)
+    assert [s["shadow"] for s in body["glimp"]["steps"]] == [{"margin": m} for m in MARGIN]
+    assert inc.call_count == 0  # the metric counts the app's shadow policies, not a request's own
+    assert bad.status_code == 400 and "'random' reads no glimpse signal" in bad.json()["error"]["message"]
