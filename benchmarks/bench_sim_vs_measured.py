@@ -111,6 +111,9 @@ def measure(rates: list[float], seconds: float, out: Path, port: int) -> None:
 
     spans = out / "spans.jsonl"
     spans.unlink(missing_ok=True)
+    # On a loaded 2-core machine the proxy can miss Serve's 10 s health checks three times and
+    # be restarted mid-run (its connections dropped); give it longer (set before Ray starts).
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     cluster = start_local_cluster(temp_dir=tempfile.mkdtemp(prefix="glimp-simcheck-"))
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

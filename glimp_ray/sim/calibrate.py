@@ -10,8 +10,8 @@ can be calibrated from the deployment's own traced calls instead (:func:`calibra
 - **contention** (``shared_machine``): a call's seconds per token also grow while the *other*
   pool is busy. Fitted by weighted least squares within the bins of concurrency,
   ``s = a_b + k·u`` where ``u`` is the share of the call's time the other pool ran at least one
-  call; ``k`` is :class:`~glimp_ray.sim.machine.Contention`'s ``busy_s``, and the curve is
-  read off ``s − k·u``;
+  call; ``k`` is :class:`~glimp_ray.sim.machine.Contention`'s ``busy_s`` (at most the lone
+  call's own time: a busy neighbour at most doubles it), and the curve is read off ``s − k·u``;
 - **speed noise** (``shared_machine``): what the curve leaves: each call's log ratio of traced
   to predicted seconds per token. Pairs of calls (either pool) close in time share part of it:
   the covariance of their residuals against the gap between them, ``sd² · exp(−gap / τ)``,
@@ -132,6 +132,13 @@ def fit_pool(samples: Sequence[CallSample], pool: str, contention: bool) -> tupl
         root = np.sqrt(weights)[:, None]
         coef = np.linalg.lstsq(design * root, y * root[:, 0], rcond=None)[0]
         busy_s = max(float(coef[-1]), 0.0)
+        # A busy neighbour at most doubles a lone call's time (they share the cores): where the
+        # fit says more, the busy share stands for load it does not measure (the machine's
+        # other work) and is capped at the lowest bin's own time.
+        lowest = bins == levels[0]
+        mean = float(np.average(y[lowest], weights=weights[lowest]))
+        share = float(np.average(other[lowest], weights=weights[lowest]))
+        busy_s = min(busy_s, mean / (1 + share))
         y = y - busy_s * other
     points: list[list[float]] = []  # [mean b, mean seconds per token, tokens]
     for b in np.unique(bins):
