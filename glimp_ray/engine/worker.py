@@ -40,6 +40,10 @@ def _close_live_engines() -> None:
         engine.close()
 
 
+def _finished(outcome: StepResult | BaseException) -> None:
+    """The ``done`` of a request or run whose caller has its answer or went away: a no-op."""
+
+
 @dataclass(eq=False)
 class ChainedRun:
     """A run of easy steps inside the step loop: its cursor, its step in flight, whether its
@@ -121,6 +125,8 @@ class StepLoopEngine:
             with self._cv:
                 self._outstanding.discard(seq)
             raise
+        finally:
+            seq.on_done = _finished  # ``done`` holds ``seq``: no cycle left to wait for the collector
 
     async def run_steps(self, request: StepRequest, run: StepRun) -> AsyncIterator[StepResult]:
         """A run of easy steps served inside the step loop; each step is yielded as it completes.
@@ -157,6 +163,13 @@ class StepLoopEngine:
                 if chained.current is not None:
                     chained.current.aborted = True  # finished already, or stopped at its next turn
                     self._outstanding.discard(chained.current)
+                # The run and its steps point at each other (a step's ``run``, the run's
+                # ``current`` and ``done``): unlinked here, they go with their last reference
+                # instead of waiting, with the session's KV cache, for a full garbage collection
+                # (rare in a process holding torch's millions of objects: a replica's memory grew
+                # ~0.5 MB/s under a soak until it did).
+                chained.current = None
+                chained.done = _finished
 
     def _done(self, seq: Sequence, outcome: StepResult | BaseException) -> None:
         """Answer a finished request (on the worker thread); a run that goes on queues its next step."""
