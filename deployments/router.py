@@ -254,7 +254,7 @@ class GlimpRouter:
         params, overrides = _loop_params(self.config, self.collab.params, body, 1)
         tools = _tool_use(self.config, params, body.chat_tools(), body.chat_tool_choice())
         request_id = new_id("resp", "_")
-        runs = self._runs(request_id, [{"messages": tools.messages(body.chat_messages())}], 1, overrides, params, raw)
+        runs = self._runs(request_id, [tools.inputs(body.chat_messages())], 1, overrides, params, raw)
         writer = ResponsesWriter(body, request_id, self.model_name, params, tools)
         return await self._answer(body.stream, runs, "input", writer.complete, writer.stream)
 
@@ -267,7 +267,7 @@ class GlimpRouter:
         tools = ToolUse()
         if isinstance(body, ChatCompletionRequest):
             tools = _tool_use(self.config, params, body.tools, body.tool_choice)
-            inputs = [{"messages": tools.messages(one["messages"])} for one in inputs]
+            inputs = [tools.inputs(one["messages"]) for one in inputs]
         request_id = new_id("chatcmpl" if chat else "cmpl")
         runs = self._runs(request_id, inputs, body.n, overrides, params, raw)
         writer = CompletionsWriter(body, request_id, self.model_name, chat, tools)

@@ -2,12 +2,12 @@
 messages as the chat template then takes them, and the calls parsed from the answer as
 OpenAI's ``tool_calls``.
 
-The tools are meant for each model's own chat template (``apply_chat_template(...,
-tools=...)``); the engines here render the messages without them, so the router writes them
-into the system message in the words of Qwen3's template (:func:`glimp_ray.tools.with_tool_prompt`:
-the text a Qwen3-style template renders for them). Calls are parsed in the Hermes format those
-words ask for. ``tool_choice`` ``required`` or a named function would need constrained
-decoding, which these engines are not run with: a 400 naming the engine.
+The tools go with every step call to each model's own chat template (``apply_chat_template(...,
+tools=...)``, in ``glimp_ray/engine/text.py``); a template that renders no tools gets them in the
+system message in the words of Qwen3's template (:func:`glimp_ray.tools.with_tool_prompt`).
+Calls are parsed in the Hermes format those words ask for. ``tool_choice`` ``required`` or a
+named function would need constrained decoding, which these engines are not run with: a 400
+naming the engine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from deployments.errors import APIError
 from deployments.protocol.tools import DeltaToolCall, FunctionCall, ToolCall, ToolChoice, ToolDefinition
-from glimp_ray.tools import ParsedAnswer, parse_tool_calls, with_tool_prompt
+from glimp_ray.tools import ParsedAnswer, parse_tool_calls
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class ToolUse:
             return cls()
         return cls(tuple(tool.template_tool() for tool in tools))
 
-    def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The messages the pools render: with the tools written into the system message."""
-        return with_tool_prompt(messages, self.tools) if self.tools else messages
+    def inputs(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The loop's inputs: the messages, and the tools every pool's chat template renders."""
+        return {"messages": messages, "tools": self.tools or None}
 
     def parse(self, answer: str) -> ParsedAnswer:
         """The answer's text and the calls it makes (none without tools)."""

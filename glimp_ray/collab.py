@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Any
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
@@ -54,12 +55,14 @@ class Collaborator:
         messages: Sequence[Message] | None = None,
         prompt: str | None = None,
         request_id: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
         **overrides: object,
     ) -> AsyncGenerator[StepRecord | CollabResult, None]:
-        """Yield each thinking step's record as it completes, then the :class:`CollabResult`."""
+        """Yield each thinking step's record as it completes, then the :class:`CollabResult`;
+        ``tools`` (OpenAI's function tools) go to every call, for the models' chat templates."""
         params = self.params.replace(**overrides)
         tau = self.tau if overrides.get("threshold") is None else None
-        run = _Run(self.clients, params, messages, prompt, request_id or uuid.uuid4().hex, tau)
+        run = _Run(self.clients, params, messages, prompt, request_id or uuid.uuid4().hex, tau, tools)
         try:
             async for event in run.events():
                 yield event
@@ -78,12 +81,16 @@ class _Run:
         prompt: str | None,
         request_id: str,
         tau: Callable[[], float] | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ):
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages or prompt")
+        if tools and messages is None:
+            raise ValueError("tools need messages (a chat template renders them)")
         self.clients = clients
         self.params = params
         self.messages = tuple(dict(m) for m in messages) if messages is not None else None
+        self.tools = tuple(tools) if tools else None
         self.prompt = prompt
         self.request_id = request_id
         self.rules = params.rules
@@ -129,6 +136,7 @@ class _Run:
         request = StepRequest(
             session_id=self._session(route),
             messages=self.messages,
+            tools=self.tools,
             prompt=self.prompt,
             transcript=self.transcript,
             **kwargs,  # type: ignore[arg-type]
@@ -144,6 +152,7 @@ class _Run:
             request = StepRequest(
                 session_id=self._session(SMALL),
                 messages=self.messages,
+                tools=self.tools,
                 prompt=self.prompt,
                 transcript=self.transcript,
                 glimpse=self._glimpse(tau),

@@ -8,7 +8,7 @@ it; a replica that has seen the session before just reuses its KV cache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 EntropyKind = Literal["full", "topk"]
 GlimpseSignal = Literal["entropy", "top1", "margin"]
@@ -123,6 +123,8 @@ class StepRequest:
 
     session_id: str
     messages: tuple[Message, ...] | None = None
+    # Function tools the chat template renders (OpenAI's shape); None: no tools offered.
+    tools: tuple[dict[str, Any], ...] | None = None
     prompt: str | None = None
     transcript: str = ""
     close_thinking: bool = False

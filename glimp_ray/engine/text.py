@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from itertools import accumulate
 from typing import Any
 
 from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
+from glimp_ray.tools import with_tool_prompt
 from glimp_ray.types import StepRequest
 
 
 def render_prompt(tokenizer: Any, request: StepRequest, think_start: str, think_end: str) -> tuple[str, bool]:
     """The full text this model should see; returns ``(text, rendered_by_template)``.
 
-    The model's own chat template renders the messages (the two pools may use different
-    templates). The think-start marker is added unless the template already ends with
+    The model's own chat template renders the messages and the request's tools (the two pools
+    may use different templates; one that renders no tools gets them in the system message, in
+    the words of Qwen3's template). The think-start marker is added unless the template already ends with
     it; with ``close_thinking`` the model's own think-end marker closes the thinking.
     """
     if request.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidRequestError("this model has no chat template; send a raw prompt instead")
-        base = tokenizer.apply_chat_template(
-            [dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
-        )
+        messages = [dict(m) for m in request.messages]
+        tools = list(request.tools) if request.tools else None
+        if tools and "tools" not in tokenizer.chat_template:
+            # A template that renders no tools: the tools in the words Qwen3's template uses.
+            messages, tools = with_tool_prompt(messages, tools), None
+        base = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         templated = True
     else:
         assert request.prompt is not None
@@ -64,9 +70,10 @@ def decode_with_ends(tokenizer: Any, token_ids: list[int]) -> tuple[str, list[in
 
 
 def request_chars(request: StepRequest) -> int:
-    """Characters of a request's text (prompt or message contents, and transcript)."""
+    """Characters of a request's text (prompt or message contents, tools as JSON, and transcript)."""
     chars = len(request.prompt or "") + sum(len(str(m.get("content", ""))) for m in request.messages or ())
-    return chars + len(request.transcript)
+    tools = sum(len(json.dumps(tool)) for tool in request.tools or ())
+    return chars + tools + len(request.transcript)
 
 
 def refuse_text_longer_than(request: StepRequest, max_chars: int, name: str, max_context: int) -> None:

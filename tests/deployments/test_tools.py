@@ -107,6 +107,36 @@ def test_the_tool_prompt_renders_as_the_template_renders_tools(qwen3_tokenizer: 
     assert "get_weather" in expected and rendered == expected
 
 
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+def test_the_engines_render_the_tools_through_the_models_template(qwen3_tokenizer: Any) -> None:
+    from glimp_ray.engine.text import render_prompt
+    from glimp_ray.types import GlimpseSpec, StepRequest
+
+    request = StepRequest("s", tuple(QUESTION), tools=(WEATHER,), glimpse=GlimpseSpec())
+    text, templated = render_prompt(qwen3_tokenizer, request, "<think>", "</think>")
+    render = qwen3_tokenizer.apply_chat_template
+    expected = render(QUESTION, tools=[WEATHER], tokenize=False, add_generation_prompt=True)
+    assert templated and text.startswith(expected) and "get_weather" in expected
+
+
+def test_a_template_without_tools_gets_them_in_the_system_message() -> None:
+    from glimp_ray.engine.text import render_prompt, request_chars
+    from glimp_ray.tiny import build_tokenizer
+    from glimp_ray.types import GlimpseSpec, StepRequest
+
+    plain = build_tokenizer(1, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", None, PLAIN_TEMPLATE)
+    request = StepRequest("s", tuple(QUESTION), tools=(WEATHER,), glimpse=GlimpseSpec())
+    text, _ = render_prompt(plain, request, "<think>", "</think>")
+    messages = with_tool_prompt(QUESTION, [WEATHER])
+    expected = plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.startswith(expected) and text.startswith("<|im_start|>system\n") and "get_weather" in text
+    assert request_chars(request) > request_chars(StepRequest("s", tuple(QUESTION), glimpse=GlimpseSpec()))
+
+
 # --- the API, on a router over scripted engines -------------------------------------------
 
 
@@ -136,9 +166,9 @@ def test_a_tool_call_comes_back_as_tool_calls() -> None:
     [call] = choice.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-    # The tools reached the prompt, in the system message the template renders.
-    system = rendered_messages(large)[0]
-    assert system["role"] == "system" and '"name": "get_weather"' in system["content"]
+    # The tools go with every call of both pools, for each model's chat template to render.
+    assert all(call.tools == (WEATHER,) for call in small.calls + large.calls)
+    assert rendered_messages(large) == QUESTION
 
 
 def test_tool_choice_none_neither_offers_nor_parses_the_tools() -> None:
@@ -152,6 +182,7 @@ def test_tool_choice_none_neither_offers_nor_parses_the_tools() -> None:
     assert response.choices[0].finish_reason == "stop" and response.choices[0].message.tool_calls is None
     assert response.choices[0].message.content == CALL
     assert rendered_messages(large) == QUESTION
+    assert all(call.tools is None for call in small.calls + large.calls)
 
 
 def test_without_tools_an_answer_that_looks_like_a_call_is_text() -> None:
@@ -201,7 +232,7 @@ def test_calls_and_tool_results_in_the_history_reach_the_template() -> None:
     response = serve(router_over(small, large), scenario)
     assert response.choices[0].finish_reason == "stop"
     assert response.choices[0].message.content == "It is 18 degrees in Paris."
-    sent = rendered_messages(large)[1:]  # after the system message with the tools
+    sent = rendered_messages(large)
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     assert sent == [
         QUESTION[0],
