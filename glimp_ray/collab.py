@@ -40,11 +40,12 @@ class Collaborator:
         messages: Sequence[Message] | None = None,
         prompt: str | None = None,
         request_id: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
         **overrides: object,
     ) -> CollabResult:
         """Run one request to completion and return the result."""
         result: CollabResult | None = None
-        async for event in self.stream(messages, prompt, request_id, **overrides):
+        async for event in self.stream(messages, prompt, request_id, tools, **overrides):
             if isinstance(event, CollabResult):
                 result = event
         assert result is not None
