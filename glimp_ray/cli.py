@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from glimp_ray.cli_capacity import calibrate_command, plan_command, profile_command
 from glimp_ray.collab import CollabResult
 from glimp_ray.config import ConfigError, GlimpConfig, RoutingConfig, load_config
 from glimp_ray.engine.base import EngineError
@@ -183,82 +184,6 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    from glimp_ray.planner import calibrate, requests_from_spans
-    from glimp_ray.tracing import read_spans
-
-    requests = requests_from_spans(_spans(args.traces, read_spans))
-    validation = requests_from_spans(_spans(args.validation, read_spans)) if args.validation else None
-    report = calibrate(requests, args.target_large_fraction, validation)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"τ = {report['threshold']:.4f} (from {report['steps']} traced glimpses)")
-    print(
-        f"predicted large-step fraction: {report['predicted_large_fraction']:.3f} "
-        f"(target {report['target_large_fraction']:.3f})"
-    )
-    if validation is not None:
-        v = report["validation"]
-        at_tau = v["large_fraction_at_threshold"]
-        at_tau_text = f"{at_tau:.3f}" if at_tau is not None else "unknown (no glimpse entropies)"
-        print(
-            f"validation trace: {v['steps']} glimpses; at τ the large fraction is {at_tau_text}; "
-            f"as recorded it was {v['observed_large_fraction']:.3f}"
-        )
-    return 0
-
-
-def _plan(args: argparse.Namespace) -> int:
-    from glimp_ray.plan_report import format_placements, format_plan, plot_plan
-    from glimp_ray.plan_sim import simulator
-    from glimp_ray.planner import plan, requests_from_spans, skip_first
-    from glimp_ray.profile import EngineProfile
-    from glimp_ray.tracing import read_spans
-
-    requests = requests_from_spans(_spans(args.traces, read_spans))
-    if args.skip_first:
-        requests = skip_first(requests, args.skip_first)
-    confirmer = None if args.no_simulate else simulator(args.sim_requests, args.seed)
-    overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
-    if args.gpus:
-        from glimp_ray.placement import load_gpus, plan_placements, pool_options
-
-        if args.slo_p95 is None:
-            raise ValueError("--gpus needs --slo-p95: placements are compared at one objective")
-        if args.small_profile or args.large_profile:
-            raise ValueError("with --gpus the profiles come from the gpus file, not --small/--large-profile")
-        gpus, base = load_gpus(args.gpus)
-        options = pool_options(gpus, base, args.gpus)
-        report = plan_placements(requests, args.rps, args.slo_p95, options, args.threshold, overhead, confirmer)
-        text = format_placements(report)
-    else:
-        paths = {"small": args.small_profile, "large": args.large_profile}
-        profiles = {pool: EngineProfile.load(path) for pool, path in paths.items() if path}
-        report = plan(
-            requests,
-            args.rps,
-            args.threshold,
-            args.slo_p95,
-            latency_slack=args.latency_slack,
-            max_concurrency=args.max_concurrency,
-            latency_target_s=args.latency_target_ms / 1000 if args.latency_target_ms else None,
-            profiles=profiles,
-            overhead_s=overhead,
-            confirmer=confirmer,
-        )
-        text = format_plan(report)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "plan.json").write_text(json.dumps(report, indent=2))
-        plot_plan(report, str(out / "plan.png"))
-    print(json.dumps(report, indent=2) if args.json else text)
-    if args.out and not args.json:
-        print(f"wrote {Path(args.out) / 'plan.json'}, {Path(args.out) / 'plan.png'}")
-    return 0
-
-
 def _threshold_list(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -266,23 +191,17 @@ def _threshold_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
-def _spans(path: str, read: Any) -> list[dict[str, Any]]:
-    if not Path(path).is_file():
-        raise ValueError(f"trace file not found: {path}")
-    return read(path)  # type: ignore[no-any-return]
-
-
 def _load(path: str | None) -> GlimpConfig:
     return load_config(path) if path else GlimpConfig()
 
 
-def _floats(text: str | None) -> list[float] | None:
+def _floats(text: str | None, flag: str = "--thresholds") -> list[float] | None:
     if not text:
         return None
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--thresholds must be comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -310,7 +229,7 @@ def _eval(args: argparse.Namespace) -> int:
                 validation,
                 args.validation_limit,
                 seeds=args.seeds,
-                fractions=tuple(_floats(args.candidate_fractions) or ()),
+                fractions=tuple(_floats(args.candidate_fractions, "--candidate-fractions") or ()),
                 target_large_fraction=args.target_large_fraction,
                 keep=args.keep_accuracy,
                 command="glimp-ray " + " ".join(sys.argv[1:]),
@@ -390,24 +309,6 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(report.errors for report in reports) else 0
 
 
-def _profile(args: argparse.Namespace) -> int:
-    from glimp_ray.profiling import pool_model, profile_pool
-
-    if args.max_concurrency is not None and args.max_concurrency < 1:
-        raise ValueError("--max-concurrency must be >= 1")
-    if args.tokens < 2:
-        raise ValueError("--tokens must be >= 2")
-    model = pool_model(args.config, args.pool)
-    profile = profile_pool(model, args.max_concurrency, args.tokens)
-    if args.out:
-        profile.save(args.out)
-        curve = ", ".join(f"{b}: {s * 1000:.2f}" for b, s in sorted(profile.decode_s.items()))
-        print(f"{args.out}: {profile.model} on {profile.accelerator}, ms/token by concurrency {{{curve}}}")
-    else:
-        print(json.dumps(profile.to_dict(), indent=2))
-    return 0
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from glimp_ray.sim.command import run
 
@@ -422,15 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             return _eval(args)
         if args.command == "calibrate":
-            return _calibrate(args)
+            return calibrate_command(args)
         if args.command == "plan":
-            return _plan(args)
+            return plan_command(args)
         if args.command == "batch":
             return _batch(args)
         if args.command == "check":
             return _check(args)
         if args.command == "profile":
-            return _profile(args)
+            return profile_command(args)
         if args.command == "simulate":
             return _simulate(args)
     except (ConfigError, EngineError, ValueError) as exc:
