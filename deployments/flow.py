@@ -113,7 +113,6 @@ class FlowControl:
         try:
             body = await self._body(request, key)
             priority = priority_of(request.headers.get(PRIORITY_HEADER), body)
-            _drop_priority(request, body)
             if priority == "batch" and self.in_flight - 1 >= self.batch_limit:
                 self.refused("priority", key)
                 raise TooManyRequests(
@@ -161,15 +160,6 @@ class FlowControl:
         )
         headers = {**self.limiter.headers(key), **retry_headers(refusal.wait_s)}
         return TooManyRequests(message, per, "rate_limit_exceeded", headers)
-
-
-def _drop_priority(request: Request, body: Any) -> None:
-    """Take ``glimp.priority`` out of the body the handler parses (the wire model does not know it);
-    Starlette hands the handler the body cached on the request."""
-    glimp = body.get("glimp") if isinstance(body, dict) else None
-    if isinstance(glimp, dict) and "priority" in glimp:
-        stripped = {**body, "glimp": {k: v for k, v in glimp.items() if k != "priority"}}
-        request._body = json.dumps(stripped).encode()
 
 
 _UNSET = object()

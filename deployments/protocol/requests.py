@@ -111,6 +111,10 @@ class GlimpOptions(WireRequest):
     thinking_budget: int | None = Field(None, ge=1)
     step_max_tokens: int | None = Field(None, ge=1)
     return_trace: bool = Field(False, description="Include the per-step trace in the response.")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None,
+        description="Admission: batch requests are shed first under load (read by flow control, docs/flow-control.md).",
+    )
     shadow: dict[str, float] | None = Field(
         None,
         description="Shadow policies for this request, name -> τ (entropy, top1, margin): recorded in its trace "

@@ -131,8 +131,13 @@ def test_a_batch_request_is_served_when_the_replica_has_room() -> None:
         return let_in
 
     assert run(app, scenario).status_code == 200
-    # The wire model does not know glimp.priority: the handler sees the body without it.
-    assert handler.bodies[-1] == {"prompt": "x", "glimp": {}}
+    # The handler sees the body as sent; the wire model takes glimp.priority and leaves it out of
+    # the loop's parameters.
+    assert handler.bodies[-1] == {"prompt": "x", "glimp": {"priority": "batch"}}
+    from deployments.protocol import CompletionRequest
+
+    parsed = CompletionRequest.model_validate({"model": "m", **handler.bodies[-1]})
+    assert parsed.glimp.priority == "batch" and "priority" not in parsed.overrides()
 
 
 def test_a_priority_other_than_interactive_or_batch_is_a_400_naming_it() -> None:
