@@ -164,41 +164,61 @@ def profile_pool(
         raise ValueError("glimp-ray profile measures the hf engine; this pool runs vllm")
     engine = served.load_engine()
     try:
-        most = min(max_concurrency or engine.scheduler.max_running, engine.scheduler.max_running)
-        started = time.monotonic()
-        figures = asyncio.run(measure(engine, most, tokens, repeats))
-        elapsed = time.monotonic() - started
-        device = next(engine.model.parameters()).device
         stand_in = {"stand_in": model.stand_in} if model.stand_in else {}  # measured: the stand-in, not the model
-        return EngineProfile(
-            model=served.name or engine.name,
-            engine="hf",
-            dtype=str(engine.model.dtype).removeprefix("torch."),
-            accelerator=accelerator_of(device),
-            decode_s=figures["decode_s"],
-            prefill_s_per_token=figures["prefill_s_per_token"],
-            glimpse_s=figures["glimpse_s"],
-            kv_bytes_per_token=engine.budget.bytes_per_token,
-            kv_budget_bytes=engine.budget.capacity,
-            max_concurrency=most,
-            notes={
-                "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "host": platform.node(),
-                "torch_threads": torch.get_num_threads(),
-                "method": (
-                    f"glimp-ray profile: in-process HFEngine; decode_s[b] = b concurrent calls of up to {tokens} "
-                    "sampled tokens (no stop string), wall-clock decode seconds per generated token past the "
-                    f"first, token-weighted, median of {repeats} runs; prefill over a "
-                    f"{figures['prefill_tokens']}-token prompt; glimpse_s = a glimpse on a cached session less the "
-                    "prefill of its new tokens"
-                ),
-                "mean_tokens_per_call": {str(b): round(t, 1) for b, t in figures["mean_tokens"].items()},
-                "seconds": round(elapsed, 1),
-                **stand_in,
-            },
-        )
+        return profile_engine(engine, served.name or engine.name, max_concurrency, tokens, repeats, stand_in)
     finally:
         engine.close()
 
 
-__all__ = ["accelerator_of", "concurrencies", "measure", "pool_model", "profile_pool", "ray_accelerator_name"]
+def profile_engine(
+    engine: Any,
+    model_name: str,
+    max_concurrency: int | None = None,
+    tokens: int = 64,
+    repeats: int = 3,
+    notes: dict[str, Any] | None = None,
+) -> EngineProfile:
+    """Measure the profile of a loaded HFEngine (``notes`` are added to the profile's own)."""
+    most = min(max_concurrency or engine.scheduler.max_running, engine.scheduler.max_running)
+    started = time.monotonic()
+    figures = asyncio.run(measure(engine, most, tokens, repeats))
+    elapsed = time.monotonic() - started
+    device = next(engine.model.parameters()).device
+    return EngineProfile(
+        model=model_name,
+        engine="hf",
+        dtype=str(engine.model.dtype).removeprefix("torch."),
+        accelerator=accelerator_of(device),
+        decode_s=figures["decode_s"],
+        prefill_s_per_token=figures["prefill_s_per_token"],
+        glimpse_s=figures["glimpse_s"],
+        kv_bytes_per_token=engine.budget.bytes_per_token,
+        kv_budget_bytes=engine.budget.capacity,
+        max_concurrency=most,
+        notes={
+            "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "torch_threads": torch.get_num_threads(),
+            "method": (
+                f"glimp-ray profile: in-process HFEngine; decode_s[b] = b concurrent calls of up to {tokens} "
+                "sampled tokens (no stop string), wall-clock decode seconds per generated token past the "
+                f"first, token-weighted, median of {repeats} runs; prefill over a "
+                f"{figures['prefill_tokens']}-token prompt; glimpse_s = a glimpse on a cached session less the "
+                "prefill of its new tokens"
+            ),
+            "mean_tokens_per_call": {str(b): round(t, 1) for b, t in figures["mean_tokens"].items()},
+            "seconds": round(elapsed, 1),
+            **(notes or {}),
+        },
+    )
+
+
+__all__ = [
+    "accelerator_of",
+    "concurrencies",
+    "measure",
+    "pool_model",
+    "profile_engine",
+    "profile_pool",
+    "ray_accelerator_name",
+]
