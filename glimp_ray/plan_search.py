@@ -9,8 +9,9 @@ large-only) and a cost per replica of each pool (price per hour, or 1 to count r
   of the first within that bound.
 - :func:`confirm` is a local search for an evaluator that is only roughly monotone (the
   simulator): from a starting count it scales all pools up together until the objective is
-  met, then removes replicas (the dearer pool's first) while it stays met, so that one replica
-  fewer in any pool misses it (or that pool is at its minimum).
+  met, then lowers each pool (the dearer first) to the fewest replicas that still meet it, by
+  bisection, until no pool moves, so that one replica fewer in any pool misses it (or that pool is
+  at its minimum).
 """
 
 from __future__ import annotations
@@ -110,6 +111,22 @@ def _first_met(p95: Memo, slo: float, begin: Counts, limit: int) -> Counts | Non
     return at(high)
 
 
+def _fewest(p95: Memo, slo: float, counts: Counts, pool: str, low: int) -> int:
+    """The fewest replicas of ``pool`` (≥ ``low``, the others as in ``counts``, which meets
+    ``slo``) that meet ``slo``, by bisection: a start far above the need costs a few runs, not
+    one a replica."""
+    met, missed = counts[pool], low - 1  # the search keeps: met meets, missed misses (or is below low)
+    while met - missed > 1:
+        middle = (met + missed) // 2
+        if p95({**counts, pool: middle}) <= slo:
+            met = middle
+        else:
+            missed = middle
+    while met > low and p95({**counts, pool: met - 1}) <= slo:  # a near-monotone evaluator's dips
+        met -= 1
+    return met
+
+
 @dataclass(frozen=True)
 class Confirmed:
     """Counts the evaluator confirms: the p95 there and with one replica fewer in each pool."""
@@ -137,14 +154,13 @@ def confirm(
     counts = _first_met(memo, slo, {p: max(low[p], start[p]) for p in start}, limit)
     if counts is None:
         return None
-    removed = True
-    while removed and len(memo.seen) < max_runs:
-        removed = False
+    changed = True
+    while changed and len(memo.seen) < max_runs:
+        changed = False
         for pool in sorted(counts, key=lambda p: -weights[p]):  # the dearer pool first
-            fewer = {**counts, pool: counts[pool] - 1}
-            if fewer[pool] >= low[pool] and memo(fewer) <= slo:
-                counts, removed = fewer, True
-                break
+            fewest = _fewest(memo, slo, counts, pool, low[pool])
+            if fewest < counts[pool]:
+                counts, changed = {**counts, pool: fewest}, True
     one_fewer: dict[str, float | None] = {
         pool: memo({**counts, pool: counts[pool] - 1}) if counts[pool] > low[pool] else None for pool in counts
     }

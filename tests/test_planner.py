@@ -406,3 +406,22 @@ def test_cli_plan_confirms_with_the_simulator_by_default(tmp_path: Path, capsys:
     assert "p95 confirmed by the simulator" in capsys.readouterr().out
     traced = json.loads((out / "plan.json").read_text())["plans"][0]
     assert traced["simulated_p95_s"] <= 1.5 and set(traced["one_fewer_p95_s"]) == {"small", "large"}
+
+
+def test_confirmation_descends_from_a_start_far_above_the_need() -> None:
+    """A start 40× too many (a pessimistic model) still ends where one replica fewer misses, in
+    a few dozen runs: the descent bisects instead of removing one replica a run."""
+    from glimp_ray.plan_search import confirm
+
+    def p95(counts: Any) -> float:  # each pool's share: 10 / small + 30 / large seconds
+        return 10.0 / counts["small"] + 30.0 / counts["large"]
+
+    found = confirm(p95, 2.0, {"small": 400, "large": 600}, {"small": 1.0, "large": 4.0}, {"small": 1, "large": 1})
+    assert found is not None and found.runs <= 60
+    small, large = found.replicas["small"], found.replicas["large"]
+    assert p95(found.replicas) <= 2.0
+    assert p95({"small": small - 1, "large": large}) > 2.0 and p95({"small": small, "large": large - 1}) > 2.0
+    assert found.one_fewer_p95_s == {"small": p95({"small": small - 1, "large": large}), "large": p95({"small": small, "large": large - 1})}
+
+    alone = confirm(lambda c: 100.0 / c["large"], 3.0, {"large": 900}, {"large": 1.0}, {"large": 1})
+    assert alone is not None and alone.replicas == {"large": 34} and alone.runs <= 25
