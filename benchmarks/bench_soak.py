@@ -156,9 +156,7 @@ def report(result: dict[str, Any]) -> bool:
     samples, seconds = result["samples"], result["seconds"]
     names = sorted({name for s in samples for name in s["rss"]})
     print(f"{len(samples)} samples over {seconds / 60:.1f} min")
-    print(
-        "| process | RSS first (GiB) | peak 1st third | 2nd third | 3rd third | at rest | 3rd <= 2nd + 10% |"
-    )
+    print("| process | RSS first (GiB) | peak 1st third | 2nd third | 3rd third | at rest | 3rd <= 2nd + 10% |")
     print("|---|---:|---:|---:|---:|---:|---|")
     held = True
     for name in names:

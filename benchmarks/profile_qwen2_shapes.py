@@ -96,11 +96,13 @@ def main() -> None:
         tok = padded_tokenizer(shape["vocab_size"])
         model = build_model(shape, args.device, dtype)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name}: {params / 1e9:.2f}B parameters on {args.device} in {dtype} ({time.monotonic() - started:.1f} s)")
+        print(
+            f"{name}: {params / 1e9:.2f}B parameters on {args.device} in {dtype} ({time.monotonic() - started:.1f} s)"
+        )
         engine = HFEngine(model, tok, name=name, max_running=args.max_running)
         try:
             notes = {
-                "weights": "random init (speed depends on the shapes, not the values); shape of the model's config.json",
+                "weights": "random init (speed depends on the shapes, not the values), in the shape of config.json",
                 "shape": shape,
                 "parameters": params,
                 "script": "benchmarks/profile_qwen2_shapes.py" + (" --tiny" if args.tiny else ""),
@@ -111,7 +113,11 @@ def main() -> None:
             profile = profile_engine(engine, name, None, args.tokens, args.repeats, notes)
         finally:
             engine.close()
-        accelerator = profile.accelerator.split(":")[0].lower() if profile.accelerator.startswith("cpu") else profile.accelerator.lower()
+        accelerator = (
+            profile.accelerator.split(":")[0].lower()
+            if profile.accelerator.startswith("cpu")
+            else profile.accelerator.lower()
+        )
         path = args.out / f"{name}{'-tiny' if args.tiny else ''}-hf-{accelerator}.json"
         profile.save(path)
         curve = ", ".join(f"{b}: {s * 1000:.2f}" for b, s in sorted(profile.decode_s.items()))

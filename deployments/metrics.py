@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from glimp_ray.autoscaling import RouterLoad
 from glimp_ray.collab import CollabResult, StepRecord
+from glimp_ray.policies import POST_STEP_POLICIES
 
 ENTROPY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
@@ -18,6 +19,12 @@ class RouterMetrics:
         from ray.serve.metrics import Counter, Gauge, Histogram
 
         self.steps = Counter("glimp_steps", description="Reasoning steps by route.", tag_keys=("route",))
+        self.rewritten = Counter(
+            "glimp_post_step_steps",
+            description="Steps decided by a post-step policy, by policy and whether the large model rewrote the "
+            "small model's step.",
+            tag_keys=("policy", "rewritten"),  # type: ignore[arg-type]  # Ray annotates it as a 1-tuple
+        )
         self.tokens = Counter("glimp_tokens", description="Generated tokens by pool.", tag_keys=("pool",))
         self.entropy = Histogram(
             "glimp_glimpse_entropy", description="First-token entropy of glimpses (nats).", boundaries=ENTROPY_BUCKETS
@@ -57,6 +64,8 @@ class RouterMetrics:
                 self.tokens.inc(event.tokens, tags={"pool": event.model})
             if event.entropy is not None:
                 self.entropy.observe(event.entropy)
+            if event.policy in POST_STEP_POLICIES:
+                self.rewritten.inc(tags={"policy": event.policy, "rewritten": "true" if event.rewritten else "false"})
             if shadow:
                 for policy, decision in event.shadow.items():
                     agrees = "true" if decision == event.model else "false"

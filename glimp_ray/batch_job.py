@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from glimp_ray.collab import CollabResult
+from glimp_ray.prompts import PLACEHOLDER, apply_template
 from glimp_ray.tracing import CollectingSpanExporter, request_span
 
 RESULTS, ERRORS, TRACES = "results", "errors", "traces"
@@ -34,6 +35,7 @@ class BatchColumns:
     id: str = "id"
     prompt: str = "prompt"
     messages: str = "messages"
+    prompt_template: str = PLACEHOLDER  # a prompt row's user message (glimp_ray.prompts); messages rows as given
 
 
 def read_done_ids(output: Path) -> set[str]:
@@ -98,7 +100,7 @@ def row_inputs(row: dict[str, Any], columns: BatchColumns, max_prompt_chars: int
         raise ValueError(f"{columns.prompt} must be a non-empty string, got {type(prompt).__name__}")
     if len(prompt) > max_prompt_chars:
         raise ValueError(f"prompt longer than {max_prompt_chars} characters")
-    return {"messages": [{"role": "user", "content": prompt}]}
+    return {"messages": [{"role": "user", "content": apply_template(columns.prompt_template, prompt)}]}
 
 
 class CollabWorker:

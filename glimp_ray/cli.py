@@ -17,6 +17,8 @@ from glimp_ray.collab import CollabResult
 from glimp_ray.config import ConfigError, GlimpConfig, RoutingConfig, load_config
 from glimp_ray.engine.base import EngineError
 from glimp_ray.params import PRESETS
+from glimp_ray.policies import POLICY_NAMES
+from glimp_ray.prompts import resolve_template
 
 _OVERRIDES = {
     "preset": str,
@@ -31,10 +33,26 @@ _OVERRIDES = {
     "step_max_tokens": int,
     "thinking_budget": int,
     "answer_max_tokens": int,
+    "sampling_top_k": int,
+    "min_p": float,
 }
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {"preset": PRESETS, "entropy": ("full", "topk")}
+_CHOICES: dict[str, tuple[str, ...]] = {"preset": PRESETS, "entropy": ("full", "topk"), "policy": POLICY_NAMES}
+
+
+def _shadow_arg(text: str) -> dict[str, float]:
+    """``name=τ,name=τ`` as a mapping (checked by the loop's parameters)."""
+    shadow: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            shadow[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected name=τ, got {part!r}")
+    return shadow
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument(
             f"--{name.replace('_', '-')}", type=kind, default=None, choices=_CHOICES.get(name), help=f"override {name}"
         )
+    gen.add_argument(
+        "--shadow",
+        type=_shadow_arg,
+        default=None,
+        help="shadow policies beside the acting one, name=τ,... (e.g. top1=0.5,h_step=1.2,cue=0)",
+    )
     ev = commands.add_parser("eval", help="accuracy against latency for each routing policy")
     ev.add_argument("--config", help="YAML config describing both models (default: the demo models)")
     ev.add_argument("--dataset", required=True, help="'demo' or a JSONL file with problem and answer")
@@ -59,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--validation", help="'demo' or a JSONL file to choose τ on (default: demo for demo)")
     ev.add_argument("--validation-limit", type=int, default=200, help="validation examples")
     ev.add_argument("--out", default="eval-out", help="directory for results.md, results.json and the plot")
+    ev.add_argument(
+        "--prompt-template",
+        help="how a problem becomes the user's message: plain (default), reference (the paper's math "
+        "instruction: steps separated by blank lines, the answer in \\boxed{}), a file, or text holding {problem}",
+    )
     ev.add_argument(
         "--seeds",
         type=int,
@@ -78,10 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--keep-accuracy", type=float, default=0.95, help="share of large-only accuracy a chosen threshold keeps"
     )
-    cal = commands.add_parser("calibrate", help="choose τ from traced glimpse entropies")
+    cal = commands.add_parser("calibrate", help="choose τ from a trace's step signals (glimpse entropy by default)")
     cal.add_argument("--traces", required=True, help="JSON-lines span file")
     cal.add_argument("--target-large-fraction", type=float, required=True, help="e.g. 0.25 (paper: 0.2-0.3)")
     cal.add_argument("--validation", help="a separate span file to check the ratio on")
+    cal.add_argument(
+        "--policy",
+        default="entropy",
+        choices=("entropy", "top1", "margin", "h_step", "ppl_step", "min_prob", "verify"),
+        help="whose τ: its signal's quantile over the traced steps (default: entropy, GlimpRouter)",
+    )
     cal.add_argument("--json", action="store_true", help="print machine-readable JSON")
     pl = commands.add_parser("plan", help="replicas per pool (and GPU types) for a target load, from traces")
     pl.add_argument("--traces", required=True, help="JSON-lines span file")
@@ -123,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--prompt-column", default="prompt")
     bt.add_argument("--messages-column", default="messages")
     bt.add_argument("--batch-size", type=int, default=8)
+    bt.add_argument(
+        "--prompt-template",
+        help="a prompt row's user message: plain (default), reference (the paper's math instruction), a file, or "
+        "text holding {problem}",
+    )
     bt.add_argument("--actors", type=int, default=1, help="Ray Data workers running the loop")
     bt.add_argument("--num-cpus", type=float, default=0.25, help="CPUs per Ray Data worker")
     bt.add_argument("--small-gpus", type=float, default=0.0, help="GPUs for the small model's actor")
@@ -164,7 +204,9 @@ def _batch(args: argparse.Namespace) -> int:
 
             serve_env.apply()  # for a Serve app (--serve-app) on this cluster
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
-    columns = BatchColumns(args.id_column, args.prompt_column, args.messages_column)
+    columns = BatchColumns(
+        args.id_column, args.prompt_column, args.messages_column, resolve_template(args.prompt_template)
+    )
     summary = run_batch(
         config.model_dump(mode="json"),
         args.input,
@@ -207,7 +249,6 @@ def _floats(text: str | None, flag: str = "--thresholds") -> list[float] | None:
 def _eval(args: argparse.Namespace) -> int:
     from glimp_ray.eval.run import run_eval
     from glimp_ray.local import close_collaborator, load_collaborator
-    from glimp_ray.policies import POLICY_NAMES
 
     config = _load(args.config)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -233,6 +274,7 @@ def _eval(args: argparse.Namespace) -> int:
                 target_large_fraction=args.target_large_fraction,
                 keep=args.keep_accuracy,
                 command="glimp-ray " + " ".join(sys.argv[1:]),
+                prompt_template=args.prompt_template,
             )
         )
     finally:
@@ -283,6 +325,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give a prompt or --messages FILE")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES}
+    overrides["shadow"] = args.shadow
     params = config.collab_params().replace(**overrides)  # bad overrides fail before any model loads
     refused = RoutingConfig.entropy_refused(params.entropy, config.small.engine, params.top_k)
     if refused:

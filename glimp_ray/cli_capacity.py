@@ -15,11 +15,14 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     requests = requests_from_spans(spans(args.traces, read_spans))
     validation = requests_from_spans(spans(args.validation, read_spans)) if args.validation else None
-    report = calibrate(requests, args.target_large_fraction, validation)
+    report = calibrate(requests, args.target_large_fraction, validation, args.policy)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"τ = {report['threshold']:.4f} (from {report['steps']} traced glimpses)")
+    if report["policy"] == "entropy":
+        print(f"τ = {report['threshold']:.4f} (from {report['steps']} traced glimpses)")
+    else:
+        print(f"{report['policy']} τ = {report['threshold']:.4f} (from {report['steps']} traced steps)")
     print(
         f"predicted large-step fraction: {report['predicted_large_fraction']:.3f} "
         f"(target {report['target_large_fraction']:.3f})"
@@ -27,7 +30,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if validation is not None:
         v = report["validation"]
         at_tau = v["large_fraction_at_threshold"]
-        at_tau_text = f"{at_tau:.3f}" if at_tau is not None else "unknown (no glimpse entropies)"
+        at_tau_text = f"{at_tau:.3f}" if at_tau is not None else f"unknown (no {report['policy']} values)"
         print(
             f"validation trace: {v['steps']} glimpses; at τ the large fraction is {at_tau_text}; "
             f"as recorded it was {v['observed_large_fraction']:.3f}"

@@ -17,7 +17,17 @@ from typing import Any
 
 from glimp_ray.engine.base import EngineError, InvalidRequestError, PromptTooLongError, StepClient
 from glimp_ray.params import AnswerModel, CollabParams, Mode
-from glimp_ray.policies import LARGE, SMALL, Route, engine_threshold, make_policy, shadow_decisions
+from glimp_ray.policies import (
+    LARGE,
+    SMALL,
+    PostStepPolicy,
+    Route,
+    engine_threshold,
+    make_policy,
+    shadow_decisions,
+    shadow_reads_steps,
+)
+from glimp_ray.post_step import write_post_step
 from glimp_ray.records import CollabResult, StepRecord, StopReason, record_of
 from glimp_ray.step_run import StepRun, joined, repeats, run_steps, step_max_tokens, step_seed
 from glimp_ray.types import GenerateSpec, GlimpseSpec, Message, SamplingParams, StepRequest, StepResult
@@ -95,7 +105,11 @@ class _Run:
         self.prompt = prompt
         self.request_id = request_id
         self.rules = params.rules
-        self.policy = make_policy(params.policy, params.threshold, params.random_p, self.rules.large_at_threshold)
+        self.policy = make_policy(
+            params.policy, params.threshold, params.random_p, self.rules.large_at_threshold, params.cues
+        )
+        # The small model's step signals: for a post-step policy, or a shadow one reading them.
+        self.step_signals = self.policy.post_step or shadow_reads_steps(params.shadow)
         self.tau = tau if params.policy == "entropy" else None
         # The seed alone, not the request id (which the API and batch jobs draw at random), so
         # a seeded request routes the same way every time it is sent.
@@ -132,17 +146,38 @@ class _Run:
             return self.transcript
         return self.transcript.removesuffix(self.params.delimiter) + "\n"
 
-    async def _call(self, route: Route, **kwargs: object) -> StepResult:
+    async def _call(self, route: Route, transcript: str | None = None, **kwargs: object) -> StepResult:
         self.used.add(route)
         request = StepRequest(
             session_id=self._session(route),
             messages=self.messages,
             tools=self.tools,
             prompt=self.prompt,
-            transcript=self.transcript,
+            transcript=self.transcript if transcript is None else transcript,
             **kwargs,  # type: ignore[arg-type]
         )
         return await self.clients[route].step(request)
+
+    async def _post_step(self, index: int, policy: PostStepPolicy, generate: Any) -> StepRecord:
+        """A post-step policy's step: the small model writes it, its signal keeps it or the large
+        model rewrites it (:mod:`glimp_ray.post_step`)."""
+        p = self.params
+
+        async def call(route: Route, transcript: str, glimpse: Any, spec: Any, continuation: str) -> StepResult:
+            return await self._call(route, transcript, glimpse=glimpse, generate=spec, continuation=continuation)
+
+        t0 = time.perf_counter()
+        route, result, decided = await write_post_step(
+            call, policy, p, self.transcript, generate, lambda text: joined(text, p.delimiter, self.rules)
+        )
+        draft = decided.draft
+        shadow = shadow_decisions(
+            p.shadow, draft.glimpse, self.rules.large_at_threshold, draft.step_signals, draft.text, p.cues
+        )
+        record = record_of(
+            index, route, result, draft.entropy, time.perf_counter() - t0, 0.0, None, None, draft, p.policy, shadow
+        )
+        return decided.annotate(record)
 
     async def _streamed(self, index: int, used: int, previous: str | None, tau: float) -> StepResult | None:
         """The next step of the small pool's run of easy steps, opening one if none is open;
@@ -160,7 +195,7 @@ class _Run:
             )
             spec = StepRun(
                 index, used, p.thinking_budget, p.step_max_tokens, p.delimiter, self.rules,
-                p.temperature, p.top_p, p.seed, previous, p.sampling_top_k, p.min_p,
+                p.temperature, p.top_p, p.seed, previous, p.sampling_top_k, p.min_p, self.step_signals,
             )  # fmt: skip
             client = self.clients[SMALL]
             opened = getattr(client, "run_steps", None)
@@ -205,6 +240,13 @@ class _Run:
         if self.tau is not None:
             policy = make_policy(p.policy, tau, p.random_p, self.rules.large_at_threshold)
 
+        def generate(route: Route) -> GenerateSpec:
+            signals = route == SMALL and self.step_signals
+            return GenerateSpec(max_tokens, (p.delimiter,), self._sampling(index, route), signals)
+
+        if isinstance(policy, PostStepPolicy):
+            return await self._post_step(index, policy, generate)
+
         if policy.needs_glimpse and p.mode == "paper":
             # The reference code: a separate 1-token glimpse, then the step from scratch.
             t0 = time.perf_counter()
@@ -214,9 +256,6 @@ class _Run:
             route = policy(glimpse.glimpse, self.rng)
         elif not policy.needs_glimpse:
             route = policy(None, self.rng)
-
-        def generate(route: Route) -> GenerateSpec:
-            return GenerateSpec(max_tokens, (p.delimiter,), self._sampling(index, route))
 
         t0 = time.perf_counter()
         if route is None or route == SMALL:
@@ -246,7 +285,15 @@ class _Run:
         routed_on = tau if policy.signal is not None else None
         # Shadow policies decide from the same glimpse, streamed steps included: no model work.
         glimpsed = signals.glimpse if signals is not None else None
-        shadow = shadow_decisions(p.shadow, glimpsed, self.rules.large_at_threshold)
+        wrote = result if route == SMALL else None  # post-step shadows read a step the small model wrote
+        shadow = shadow_decisions(
+            p.shadow,
+            glimpsed,
+            self.rules.large_at_threshold,
+            wrote.step_signals if wrote else None,
+            wrote.text if wrote else None,
+            p.cues,
+        )
         return record_of(
             index, route, result, entropy, latency, glimpse_s, glimpse, routed_on, signals, p.policy, shadow
         )

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from glimp_ray.collab import CollabParams
 from glimp_ray.demo import DEMO_MODELS
 from glimp_ray.params import REFERENCE_TOP_K, Preset, check_preset
-from glimp_ray.policies import RandomP, check_shadow
+from glimp_ray.policies import (
+    DEFAULT_CUES,
+    DEFAULT_VERIFY_SUFFIX,
+    DEFAULT_VERIFY_TOKENS,
+    PolicyName,
+    RandomP,
+    check_shadow,
+)
 from glimp_ray.tau_control import OverloadControl, TauControl
 
 
@@ -176,10 +183,14 @@ class RoutingConfig(StrictModel):
         "not clipped to the budget, the answer follows '\\n</think>\\n\\n'). reference sets entropy: topk and "
         "top_k: 20; other values with it are an error. docs/routing.md: 'The reference preset'.",
     )
-    policy: Literal["entropy", "top1", "margin", "small", "large", "random"] = Field(
+    policy: PolicyName = Field(
         "entropy",
-        description="entropy (GlimpRouter), top1 (the glimpsed token's probability below τ goes large), margin "
-        "(top-1 minus top-2 probability below τ goes large), small-only, large-only or random baseline.",
+        description="Pre-step (decides from the glimpse): entropy (GlimpRouter), top1 (the glimpsed token's "
+        "probability below τ goes large), margin (top-1 minus top-2 probability below τ goes large). Post-step "
+        "(the small model writes the step, the large one rewrites it when): h_step (its mean token entropy above "
+        "τ), ppl_step (its perplexity above τ), min_prob (its least likely token's probability below τ), cue "
+        "(it opens with one of `cues`), verify (the large model's probability of `verify_tokens` after the step and "
+        "`verify_suffix` below τ). Baselines: small-only, large-only, random. docs/routing.md: 'Post-step policies'.",
     )
     mode: Literal["fused", "paper"] = Field(
         "fused", description="fused: one small call glimpses and continues; paper: separate glimpse call."
@@ -187,7 +198,19 @@ class RoutingConfig(StrictModel):
     threshold: float = Field(
         1.0,
         description="τ: steps whose glimpse entropy (nats) exceeds it go large (reaches it: preset reference); "
-        "for top1 and margin a probability, below it goes large.",
+        "for top1 and margin a probability, below it goes large; for the post-step policies the value of their "
+        "signal (nats, a perplexity, or a probability) past which the large model rewrites the step.",
+    )
+    cues: list[str] = Field(
+        list(DEFAULT_CUES), min_length=1, description="The cue policy's words: a step opening with one is rewritten."
+    )
+    verify_suffix: str = Field(
+        DEFAULT_VERIFY_SUFFIX, min_length=1, description="The verify policy's question after the small model's step."
+    )
+    verify_tokens: list[str] = Field(
+        list(DEFAULT_VERIFY_TOKENS),
+        min_length=1,
+        description="The verify policy's 'yes': the total probability of these strings' first tokens is the score.",
     )
     entropy: Literal["full", "topk"] = Field(
         "full", description="Entropy over the full vocabulary or the top-k renormalised (a vLLM small model: topk)."
@@ -215,7 +238,8 @@ class RoutingConfig(StrictModel):
         default_factory=dict,
         description="Shadow policies: name -> τ, e.g. {top1: 0.6, margin: 0.1}. Each is decided from every glimpsed "
         "step's glimpse beside the acting policy and only recorded (step records, spans, the glimp_shadow_steps "
-        "metric). Pre-step signal policies only: entropy, top1, margin. docs/routing.md: 'Shadow routing'.",
+        "metric). Policies that need no model work of their own: entropy, top1, margin (from the glimpse), h_step, "
+        "ppl_step, min_prob, cue (from a step the small model wrote). docs/routing.md: 'Shadow routing'.",
     )
 
     @field_validator("shadow")

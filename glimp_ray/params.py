@@ -8,7 +8,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from glimp_ray.policies import LARGE, POLICY_NAMES, SMALL, Route, Shadow, check_random_p, check_shadow
+from glimp_ray.policies import (
+    DEFAULT_CUES,
+    DEFAULT_VERIFY_SUFFIX,
+    DEFAULT_VERIFY_TOKENS,
+    LARGE,
+    POLICY_NAMES,
+    SMALL,
+    Route,
+    Shadow,
+    check_random_p,
+    check_shadow,
+)
 from glimp_ray.types import EntropyKind, GlimpseSpec, SamplingParams
 
 Mode = Literal["fused", "paper"]
@@ -87,6 +98,10 @@ class CollabParams:
     # Shadow policies: (name, τ) pairs, recorded beside the acting one (a mapping name -> τ is
     # taken too); see glimp_ray.policies.check_shadow.
     shadow: Shadow = ()
+    # Post-step policies: cue's words, and verify's suffix and "yes" tokens (glimp_ray.policies).
+    cues: tuple[str, ...] = DEFAULT_CUES
+    verify_suffix: str = DEFAULT_VERIFY_SUFFIX
+    verify_tokens: tuple[str, ...] = DEFAULT_VERIFY_TOKENS
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -106,6 +121,13 @@ class CollabParams:
             raise ValueError(f"threshold must be a finite number, got {self.threshold}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop strings must be non-empty strings")
+        for name in ("cues", "verify_tokens"):
+            values = getattr(self, name)
+            if isinstance(values, str) or not values or any(not isinstance(v, str) or not v.strip() for v in values):
+                raise ValueError(f"{name} must be a non-empty list of non-blank strings")
+            object.__setattr__(self, name, tuple(values))
+        if not isinstance(self.verify_suffix, str) or not self.verify_suffix.strip():
+            raise ValueError("verify_suffix must be a non-blank string")
         # Checked here so a bad value fails before any model is called.
         GlimpseSpec(self.entropy, self.top_k)
         check_preset(self.preset, self.entropy, self.top_k)

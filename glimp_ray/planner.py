@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from glimp_ray.capacity import replicas_for
-from glimp_ray.eval.metrics import percentile, quantile_threshold
+from glimp_ray.eval.metrics import percentile, signal_threshold
 from glimp_ray.plan_model import (
     POOLS,
     Analytic,
@@ -37,9 +37,12 @@ from glimp_ray.plan_model import (
 )
 from glimp_ray.plan_report import format_plan, plot_plan
 from glimp_ray.plan_search import P95, cheapest, confirm
-from glimp_ray.policies import routes_large
+from glimp_ray.policies import POST_STEP_POLICIES, routes_large, step_rewrites
 from glimp_ray.profile import EngineProfile
-from glimp_ray.traces import TracedRequest, entropies, observed_large_fraction, requests_from_spans
+from glimp_ray.traces import TracedRequest, observed_large_fraction, requests_from_spans, signal_values
+
+# The policies whose τ calibrate takes from a trace.
+CALIBRATED = ("entropy", "top1", "margin", "h_step", "ppl_step", "min_prob", "verify")
 
 __all__ = ["calibrate", "cold_requests", "format_plan", "plan", "plot_plan", "requests_from_spans", "skip_first"]
 
@@ -51,25 +54,38 @@ def calibrate(
     requests: Sequence[TracedRequest],
     target_large_fraction: float,
     validation: Sequence[TracedRequest] | None = None,
+    policy: str = "entropy",
 ) -> dict[str, Any]:
-    """τ as the quantile of traced glimpse entropies that sends the target fraction large."""
-    values = entropies(requests)
+    """τ as the quantile of a policy's traced signal (the glimpse entropy by default) that sends
+    the target fraction of steps large: above τ for entropy, h_step and ppl_step, below it for
+    top1, margin, min_prob and verify."""
+    if policy not in CALIBRATED:
+        raise ValueError(f"calibrate chooses τ for {', '.join(CALIBRATED)}, not {policy!r}")
+    values = signal_values(requests, policy)
     if not values:
-        raise ValueError("the trace has no glimpse entropies (was it recorded under the large-only policy?)")
-    tau = quantile_threshold(values, target_large_fraction)
+        raise ValueError(
+            f"the trace has no {policy} values (entropy: was it recorded under the large-only policy? "
+            "h_step, ppl_step, min_prob: under a post-step policy or shadow; verify: under verify)"
+        )
+    tau = signal_threshold(values, target_large_fraction, policy)
+
+    def large_share(xs: Sequence[float]) -> float:
+        if policy == "entropy":
+            return sum(routes_large(x, tau) for x in xs) / len(xs)
+        return sum(step_rewrites(policy, x, tau) if policy in POST_STEP_POLICIES else x < tau for x in xs) / len(xs)
+
     report: dict[str, Any] = {
+        "policy": policy,
         "threshold": tau,
         "target_large_fraction": target_large_fraction,
-        "predicted_large_fraction": sum(routes_large(e, tau) for e in values) / len(values),
+        "predicted_large_fraction": large_share(values),
         "steps": len(values),
     }
     if validation is not None:
-        held_out = entropies(validation)
+        held_out = signal_values(validation, policy)
         report["validation"] = {
             "steps": len(held_out),
-            "large_fraction_at_threshold": sum(routes_large(e, tau) for e in held_out) / len(held_out)
-            if held_out
-            else None,
+            "large_fraction_at_threshold": large_share(held_out) if held_out else None,
             "observed_large_fraction": observed_large_fraction(validation),
         }
     return report

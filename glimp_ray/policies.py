@@ -9,6 +9,16 @@ A *pre-step* policy sees the glimpse's signals (:class:`~glimp_ray.types.Glimpse
 - ``margin``: large when top-1 minus top-2 probability is below τ;
 - ``small``, ``large``, ``random``: the baselines.
 
+A *post-step* policy (:class:`PostStepPolicy`) lets the small model write the step, then keeps
+it or has the large model rewrite it from the same context:
+
+- ``h_step``: rewrite when the step's mean token entropy exceeds τ;
+- ``ppl_step``: rewrite when its perplexity exceeds τ;
+- ``min_prob``: rewrite when its least likely sampled token's probability is below τ (STEER-like);
+- ``cue``: rewrite when the step starts with a cue word (RelayGen-like; τ unused);
+- ``verify``: the large model reads the step and a verification suffix; rewrite when the
+  probability it gives the "yes" tokens is below τ (SpecReason-like).
+
 *Shadow* policies (:func:`check_shadow`, :func:`shadow_decisions`) are pre-step policies computed
 beside the acting one from the same glimpse and only recorded: an operator sees what each would
 have decided before switching to it.
@@ -29,15 +39,28 @@ from typing import Annotated, Literal, Protocol
 from pydantic import AfterValidator
 
 from glimp_ray.engine.base import NonFiniteSignalError
-from glimp_ray.types import GlimpseSignal, GlimpseSignals, GlimpseSpec
+from glimp_ray.types import GlimpseSignal, GlimpseSignals, GlimpseSpec, StepSignal, StepSignals
 
 Route = Literal["small", "large"]
 SMALL: Route = "small"
 LARGE: Route = "large"
-PolicyName = Literal["entropy", "top1", "margin", "small", "large", "random"]
-POLICY_NAMES: tuple[PolicyName, ...] = ("entropy", "top1", "margin", "small", "large", "random")
+PolicyName = Literal[
+    "entropy", "top1", "margin", "h_step", "ppl_step", "min_prob", "cue", "verify", "small", "large", "random"
+]
+POLICY_NAMES: tuple[PolicyName, ...] = (
+    "entropy", "top1", "margin", "h_step", "ppl_step", "min_prob", "cue", "verify", "small", "large", "random",
+)  # fmt: skip
 # The policies that route on a glimpse signal, and which.
 SIGNAL_POLICIES: dict[str, GlimpseSignal] = {"entropy": "entropy", "top1": "top1", "margin": "margin"}
+# The post-step policies, and the step signal each reads (cue reads the text, verify the large
+# model's score).
+STEP_SIGNAL_POLICIES: dict[str, StepSignal] = {"h_step": "h_step", "ppl_step": "ppl_step", "min_prob": "min_prob"}
+POST_STEP_POLICIES: tuple[str, ...] = ("h_step", "ppl_step", "min_prob", "cue", "verify")
+# RelayGen-style cue words: a step opening with one is where reasoning turns.
+DEFAULT_CUES: tuple[str, ...] = ("wait", "hmm", "but", "alternatively", "however", "actually")
+# SpecReason-style verification: the large model reads the step, then this, and scores "yes".
+DEFAULT_VERIFY_SUFFIX = "\n\nIs the step above correct? Answer yes or no: "
+DEFAULT_VERIFY_TOKENS: tuple[str, ...] = ("yes", " yes", "Yes", " Yes")
 
 
 def _finite(value: float, signal: str) -> float:
@@ -104,6 +127,11 @@ class RoutingPolicy(Protocol):
         """The glimpse signal it routes on (a fused glimpse routes on it in the engine)."""
         ...
 
+    @property
+    def post_step(self) -> bool:
+        """Whether the small model writes every step first (a :class:`PostStepPolicy`)."""
+        ...
+
     def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route: ...
 
 
@@ -118,6 +146,7 @@ class SignalPolicy:
     threshold: float
     at_threshold: bool = False
     needs_glimpse: bool = True
+    post_step: bool = False
 
     def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
         if glimpse is None:
@@ -133,6 +162,7 @@ class FixedPolicy:
     route: Route
     needs_glimpse: bool = False
     signal: GlimpseSignal | None = None
+    post_step: bool = False
 
     def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
         return self.route
@@ -145,6 +175,7 @@ class RandomPolicy:
     p: float
     needs_glimpse: bool = False
     signal: GlimpseSignal | None = None
+    post_step: bool = False
 
     def __post_init__(self) -> None:
         check_random_p(self.p)
@@ -153,11 +184,82 @@ class RandomPolicy:
         return LARGE if rng.random() < self.p else SMALL
 
 
-def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25, at_threshold: bool = False) -> RoutingPolicy:
-    """Build a policy by name: ``entropy``, ``top1``, ``margin`` (each on τ = ``threshold``),
-    ``small``, ``large`` or ``random``."""
+def step_rewrites(name: str, value: float, threshold: float, at_threshold: bool = False) -> bool:
+    """Every post-step rule on a number: a mean entropy (``h_step``) or perplexity (``ppl_step``)
+    above τ, a lowest token probability (``min_prob``) or a verification score (``verify``) below
+    it, has the step rewritten (with ``at_threshold``, one equal to τ too). A NaN or infinite
+    value raises :class:`NonFiniteSignalError`."""
+    value = _finite(value, name)
+    if name in ("h_step", "ppl_step"):
+        return value >= threshold if at_threshold else value > threshold
+    return value <= threshold if at_threshold else value < threshold
+
+
+def opens_with_cue(text: str, cues: Iterable[str]) -> bool:
+    """Whether ``text`` starts (after white space, any case) with one of ``cues`` as a whole word."""
+    head = text.lstrip().lower()
+    for cue in cues:
+        cue = cue.strip().lower()
+        if cue and head.startswith(cue) and not head[len(cue) : len(cue) + 1].isalnum():
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class PostStepPolicy:
+    """The small model writes the step; :meth:`rewrites` says whether the large model writes it
+    again from the same context. ``name``: h_step, ppl_step, min_prob, cue or verify."""
+
+    name: str
+    threshold: float
+    at_threshold: bool = False
+    cues: tuple[str, ...] = DEFAULT_CUES
+    needs_glimpse: bool = False
+    signal: GlimpseSignal | None = None
+    post_step: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in POST_STEP_POLICIES:
+            raise ValueError(f"unknown post-step policy {self.name!r}; expected {', '.join(POST_STEP_POLICIES)}")
+
+    def __call__(self, glimpse: GlimpseSignals | None, rng: random.Random) -> Route:
+        return SMALL  # the small model writes first
+
+    def value(self, signals: StepSignals | None, score: float | None) -> float | None:
+        """The number this policy decides on (``None`` for cue): the step's signal, or the
+        verification ``score``. A missing signal is an engine's fault: it raises."""
+        if self.name == "cue":
+            return None
+        if self.name == "verify":
+            if score is None:
+                raise NonFiniteSignalError("the large pool returned no verification score")
+            return score
+        if signals is None:
+            raise NonFiniteSignalError(f"the small pool returned no step signals for {self.name}")
+        return signals.value(STEP_SIGNAL_POLICIES[self.name])
+
+    def rewrites(self, value: float | None, text: str) -> bool:
+        """Whether the step goes to the large model, from :meth:`value` and the step's text."""
+        if self.name == "cue":
+            return opens_with_cue(text, self.cues)
+        assert value is not None
+        return step_rewrites(self.name, value, self.threshold, self.at_threshold)
+
+
+def make_policy(
+    name: str,
+    threshold: float = 1.0,
+    random_p: float = 0.25,
+    at_threshold: bool = False,
+    cues: tuple[str, ...] = DEFAULT_CUES,
+) -> RoutingPolicy:
+    """Build a policy by name: ``entropy``, ``top1``, ``margin`` (each on τ = ``threshold``), a
+    post-step policy (``h_step``, ``ppl_step``, ``min_prob``, ``cue``, ``verify``), ``small``,
+    ``large`` or ``random``."""
     if name in SIGNAL_POLICIES:
         return SignalPolicy(SIGNAL_POLICIES[name], threshold, at_threshold)
+    if name in POST_STEP_POLICIES:
+        return PostStepPolicy(name, threshold, at_threshold, cues)
     if name == "small":
         return FixedPolicy(SMALL)
     if name == "large":
@@ -167,31 +269,36 @@ def make_policy(name: str, threshold: float = 1.0, random_p: float = 0.25, at_th
     raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
 
 
-# A shadow policy decides from the glimpse alone, with no model work of its own: the signal
-# policies, each on its own τ.
+# A shadow policy decides from what the step already measured, with no model work of its own:
+# the glimpse's signal policies, and the post-step policies on a step the small model wrote
+# (h_step, ppl_step, min_prob on its signals, cue on its text), each on its own τ.
 Shadow = tuple[tuple[str, float], ...]
+SHADOW_POLICIES: tuple[str, ...] = (*SIGNAL_POLICIES, *STEP_SIGNAL_POLICIES, "cue")
 
 
 def check_shadow(shadow: Mapping[str, float] | Iterable[tuple[str, float]] | None) -> Shadow:
     """Shadow policies as ``(name, τ)`` pairs in name order, from a mapping name → τ (or pairs).
 
-    Only pre-step signal policies (``entropy``, ``top1``, ``margin``) qualify: their decision
-    comes from the glimpse the step already took. The baselines have no signal to compare, and a
-    shadow ``random`` would draw from the acting policy's generator."""
+    Only policies whose decision needs no model work qualify: the glimpse's (``entropy``,
+    ``top1``, ``margin``) and the post-step ones read off a step the small model wrote
+    (``h_step``, ``ppl_step``, ``min_prob``, ``cue``, whose τ is unused). The baselines have no
+    signal to compare, a shadow ``random`` would draw from the acting policy's generator, and
+    ``verify`` needs a large model's forward."""
     if shadow is None:
         return ()
     pairs = list(shadow.items()) if isinstance(shadow, Mapping) else list(shadow)
-    allowed = ", ".join(SIGNAL_POLICIES)
+    allowed = ", ".join(SHADOW_POLICIES)
     checked: dict[str, float] = {}
     for name, threshold in pairs:
         if name in ("small", "large", "random"):
+            raise ValueError(f"shadow policy {name!r} reads no signal; a shadow policy is one of {allowed}")
+        if name == "verify":
             raise ValueError(
-                f"shadow policy {name!r} reads no glimpse signal; a shadow policy decides from the glimpse: {allowed}"
+                f"shadow policy 'verify' needs the large model's forward; a shadow policy is one of {allowed}"
             )
-        if name not in SIGNAL_POLICIES:
+        if name not in SHADOW_POLICIES:
             raise ValueError(
-                f"unknown shadow policy {name!r}; a shadow policy decides from the glimpse, with no model work of "
-                f"its own: {allowed}"
+                f"unknown shadow policy {name!r}; a shadow policy decides with no model work of its own: {allowed}"
             )
         if name in checked:
             raise ValueError(f"shadow policy {name!r} is given twice")
@@ -201,14 +308,37 @@ def check_shadow(shadow: Mapping[str, float] | Iterable[tuple[str, float]] | Non
     return tuple(sorted(checked.items()))
 
 
-def shadow_decisions(shadow: Shadow, glimpse: GlimpseSignals | None, at_threshold: bool = False) -> dict[str, Route]:
-    """What each shadow policy would have decided on this glimpse (``at_threshold``: the preset's
-    rule, as for the acting policy). A shadow never fails a step: without a glimpse, or where its
-    signal is missing or not finite (a pool that gives the entropy only), it has no decision."""
-    if glimpse is None:
-        return {}
+def shadow_reads_steps(shadow: Shadow) -> bool:
+    """Whether a shadow policy reads the small model's step signals (the engine then computes them)."""
+    return any(name in STEP_SIGNAL_POLICIES for name, _ in shadow)
+
+
+def shadow_decisions(
+    shadow: Shadow,
+    glimpse: GlimpseSignals | None,
+    at_threshold: bool = False,
+    step: StepSignals | None = None,
+    text: str | None = None,
+    cues: tuple[str, ...] = DEFAULT_CUES,
+) -> dict[str, Route]:
+    """What each shadow policy would have decided on this step (``at_threshold``: the preset's
+    rule, as for the acting policy). A glimpse policy reads ``glimpse``; a post-step one reads
+    ``step`` (the signals of a step the small model wrote) or, for cue, ``text`` (that step's
+    text): large means it would have had the large model rewrite it. A shadow never fails a
+    step: where its signal is missing or not finite, it has no decision."""
     decisions: dict[str, Route] = {}
     for name, threshold in shadow:
+        if name == "cue":
+            if text is not None:
+                decisions[name] = LARGE if opens_with_cue(text, cues) else SMALL
+            continue
+        if name in STEP_SIGNAL_POLICIES:
+            value = step.value(STEP_SIGNAL_POLICIES[name]) if step is not None else math.nan
+            if math.isfinite(value):
+                decisions[name] = LARGE if step_rewrites(name, value, threshold, at_threshold) else SMALL
+            continue
+        if glimpse is None:
+            continue
         signal = SIGNAL_POLICIES[name]
         value = glimpse.value(signal)
         if math.isfinite(value):

@@ -43,7 +43,19 @@ class StepRecord:
     top1_prob: float | None = None  # the glimpse's top-1 probability (None: no glimpse, or a pool without it)
     top2_prob: float | None = None
     policy: str = ""  # the acting policy that routed it (the answer: none)
-    shadow: dict[str, Route] = field(default_factory=dict)  # each shadow policy's decision on the same glimpse
+    shadow: dict[str, Route] = field(default_factory=dict)  # each shadow policy's decision on the same step
+    # The small model's signals over a step it wrote (post-step policies, or shadows reading them).
+    step_entropy: float | None = None  # mean token entropy (h_step)
+    step_perplexity: float | None = None  # ppl_step
+    step_min_prob: float | None = None  # min_prob
+    # A post-step policy's decision: the value it decided on, whether the large model rewrote the
+    # step, the discarded draft (tokens, seconds) and verify's call (seconds, tokens prefilled).
+    post_signal: float | None = None
+    rewritten: bool = False
+    draft_tokens: int = 0
+    draft_s: float = 0.0
+    check_s: float = 0.0
+    check_prefill_tokens: int = 0
 
     @property
     def model_s(self) -> float:
@@ -149,4 +161,12 @@ def record_of(
         top2_prob=signals.top2_prob if signals else None,
         policy=policy,
         shadow=dict(shadow or {}),
+        **_step_signals(result if result.step_signals is not None else signals),
     )
+
+
+def _step_signals(result: StepResult | None) -> dict[str, float]:
+    step = result.step_signals if result is not None else None
+    if step is None:
+        return {}
+    return {"step_entropy": step.mean_entropy, "step_perplexity": step.perplexity, "step_min_prob": step.min_prob}

@@ -39,6 +39,7 @@ class StepRun:
     previous_text: str | None  # the step before the run, as the transcript holds it (repeat rule)
     sampling_top_k: int | None = None
     min_p: float | None = None
+    signals: bool = False  # each step's StepSignals (a shadow post-step policy reads them)
 
     def sampling(self, index: int) -> SamplingParams:
         """Step ``index``'s sampling, seeded as the loop seeds it."""
@@ -121,7 +122,7 @@ class RunCursor:
         return dataclasses.replace(
             self.request,
             transcript=self.transcript,
-            generate=GenerateSpec(self.max_tokens, (run.delimiter,), sampling),
+            generate=GenerateSpec(self.max_tokens, (run.delimiter,), sampling, run.signals),
         )
 
 

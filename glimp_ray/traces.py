@@ -35,6 +35,22 @@ class TracedCall:
     top2_prob: float | None = None
     policy: str = ""  # the acting policy that routed it
     shadow: dict[str, str] = field(default_factory=dict, hash=False)  # each shadow policy's decision
+    step_entropy: float | None = None  # the small model's step signals (post-step policies)
+    step_perplexity: float | None = None
+    step_min_prob: float | None = None
+    post_signal: float | None = None  # the value a post-step policy decided on (verify: the score)
+
+    def signal(self, name: str) -> float | None:
+        """The value of a policy's signal on this call (``None``: not measured)."""
+        if name == "entropy":
+            return self.entropy
+        if name == "top1":
+            return self.top1_prob
+        if name == "margin":
+            return None if self.top1_prob is None or self.top2_prob is None else self.top1_prob - self.top2_prob
+        if name == "verify":
+            return self.post_signal if self.policy == "verify" else None
+        return {"h_step": self.step_entropy, "ppl_step": self.step_perplexity, "min_prob": self.step_min_prob}[name]
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,10 @@ def _call(span: dict[str, Any], route_default: str = "large") -> TracedCall:
         top1_prob=attributes.get("glimp.top1_prob"),
         top2_prob=attributes.get("glimp.top2_prob"),
         policy=str(attributes.get("glimp.policy", "")),
+        step_entropy=attributes.get("glimp.step_entropy"),
+        step_perplexity=attributes.get("glimp.step_perplexity"),
+        step_min_prob=attributes.get("glimp.step_min_prob"),
+        post_signal=attributes.get("glimp.post_signal"),
         shadow={
             key.removeprefix(SHADOW_ATTRIBUTE): str(value)
             for key, value in attributes.items()
@@ -158,6 +178,11 @@ def with_concurrency(requests: Sequence[TracedRequest]) -> list[TracedRequest]:
 
 def entropies(requests: Sequence[TracedRequest]) -> list[float]:
     return [s.entropy for r in requests for s in r.steps if s.entropy is not None]
+
+
+def signal_values(requests: Sequence[TracedRequest], name: str) -> list[float]:
+    """Every traced step's value of a policy's signal (:meth:`TracedCall.signal`)."""
+    return [v for r in requests for s in r.steps if (v := s.signal(name)) is not None]
 
 
 def observed_large_fraction(requests: Sequence[TracedRequest]) -> float:

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Status, StatusCode
 
 from glimp_ray.collab import CollabParams, CollabResult, StepRecord
+from glimp_ray.policies import POST_STEP_POLICIES
 
 SPAN_REQUEST = "glimp.request"
 SPAN_STEP = "glimp.step"
@@ -140,6 +141,16 @@ def step_attributes(record: StepRecord, threshold: float | None) -> dict[str, An
         attributes["glimp.top2_prob"] = record.top2_prob
     if record.policy:
         attributes["glimp.policy"] = record.policy
+    for name in ("step_entropy", "step_perplexity", "step_min_prob", "post_signal"):
+        value = getattr(record, name)
+        if value is not None:
+            attributes[f"glimp.{name}"] = value
+    if record.policy in POST_STEP_POLICIES:
+        attributes["glimp.rewritten"] = record.rewritten
+        attributes["glimp.draft.tokens"] = record.draft_tokens
+        attributes["glimp.draft_s"] = record.draft_s
+        attributes["glimp.check_s"] = record.check_s
+        attributes["glimp.check.prefill_tokens"] = record.check_prefill_tokens
     if threshold is not None:
         attributes["glimp.threshold"] = threshold
     for name, decision in record.shadow.items():  # span attributes are flat: one per shadow policy

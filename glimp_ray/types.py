@@ -7,11 +7,13 @@ it; a replica that has seen the session before just reuses its KV cache.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EntropyKind = Literal["full", "topk"]
 GlimpseSignal = Literal["entropy", "top1", "margin"]
+StepSignal = Literal["h_step", "ppl_step", "min_prob"]
 FinishReason = Literal["delimiter", "think_end", "eos", "length", "routed", "glimpse"]
 Message = dict[str, str]
 
@@ -78,15 +80,58 @@ class GlimpseSignals:
 
 
 @dataclass(frozen=True)
+class StepSignals:
+    """What the model's own distributions say about a step it wrote (the post-step policies'
+    signals), over every generated token's untempered distribution, from the forwards that wrote
+    it: the mean token entropy (nats; on vLLM over its top-k logprobs, renormalised), and the mean
+    and the lowest log-probability of the tokens it sampled."""
+
+    tokens: int
+    mean_entropy: float
+    mean_logprob: float
+    min_logprob: float
+
+    @property
+    def perplexity(self) -> float:
+        """exp(−mean log-probability) of the step's tokens."""
+        return math.exp(-self.mean_logprob)
+
+    @property
+    def min_prob(self) -> float:
+        """The lowest probability of a token the step sampled."""
+        return math.exp(self.min_logprob)
+
+    def value(self, signal: StepSignal) -> float:
+        """The signal a post-step policy decides on."""
+        if signal == "h_step":
+            return self.mean_entropy
+        if signal == "ppl_step":
+            return self.perplexity
+        if signal == "min_prob":
+            return self.min_prob
+        raise ValueError(f"unknown step signal {signal!r}; expected h_step, ppl_step or min_prob")
+
+    @staticmethod
+    def of(entropies: list[float], logprobs: list[float]) -> StepSignals | None:
+        """From each generated token's entropy and sampled log-probability (``None`` for none)."""
+        if not logprobs:
+            return None
+        return StepSignals(len(logprobs), sum(entropies) / len(entropies), sum(logprobs) / len(logprobs), min(logprobs))
+
+
+@dataclass(frozen=True)
 class GlimpseSpec:
     """Measure the first token's distribution (:class:`GlimpseSignals`); with a threshold, route
     away when ``signal`` is on the large side of it: an entropy above it, a top-1 probability or
-    a margin below it. ``top_k`` is the k of the top-k entropy, not a sampling parameter."""
+    a margin below it. ``top_k`` is the k of the top-k entropy, not a sampling parameter.
+    ``probe``: strings whose first tokens' total probability the result reports
+    (:attr:`StepResult.probe_prob`; the ``verify`` policy's "yes")."""
 
     entropy: EntropyKind = "full"
     top_k: int = 20
     threshold: float | None = None
     signal: GlimpseSignal = "entropy"
+    probe: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.entropy not in ("full", "topk"):
@@ -95,15 +140,19 @@ class GlimpseSpec:
             raise ValueError(f"signal must be entropy, top1 or margin, got {self.signal!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if any(not isinstance(p, str) or not p for p in self.probe):
+            raise ValueError("probe strings must be non-empty strings")
 
 
 @dataclass(frozen=True)
 class GenerateSpec:
-    """Generate tokens until a stop string, the think-end marker, EOS or ``max_tokens``."""
+    """Generate tokens until a stop string, the think-end marker, EOS or ``max_tokens``; with
+    ``signals`` the result carries the step's :class:`StepSignals`."""
 
     max_tokens: int = 512
     stop: tuple[str, ...] = ("\n\n",)
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    signals: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -130,6 +179,9 @@ class StepRequest:
     close_thinking: bool = False
     glimpse: GlimpseSpec | None = None
     generate: GenerateSpec | None = None
+    # Text after the transcript, tokenized on its own: a verification reads the step and a
+    # question after the context, and a later call with the context alone reuses its KV whole.
+    continuation: str = ""
 
     def __post_init__(self) -> None:
         if not self.session_id:
@@ -140,6 +192,8 @@ class StepRequest:
             raise ValueError("messages must not be empty")
         if self.glimpse is None and self.generate is None:
             raise ValueError("a step request needs a glimpse, a generate, or both")
+        if self.continuation and self.close_thinking:
+            raise ValueError("a continuation follows the thinking; it cannot close it")
 
 
 @dataclass
@@ -169,6 +223,8 @@ class StepResult:
     decode_s: float = 0.0
     replica: str = ""
     fell_back: bool = False  # served by the small pool because the large one was unavailable
+    step_signals: StepSignals | None = None  # with GenerateSpec.signals: the written step's
+    probe_prob: float | None = None  # with GlimpseSpec.probe: the probe tokens' probability
 
     @property
     def glimpse(self) -> GlimpseSignals | None:

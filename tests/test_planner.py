@@ -421,7 +421,10 @@ def test_confirmation_descends_from_a_start_far_above_the_need() -> None:
     small, large = found.replicas["small"], found.replicas["large"]
     assert p95(found.replicas) <= 2.0
     assert p95({"small": small - 1, "large": large}) > 2.0 and p95({"small": small, "large": large - 1}) > 2.0
-    assert found.one_fewer_p95_s == {"small": p95({"small": small - 1, "large": large}), "large": p95({"small": small, "large": large - 1})}
+    assert found.one_fewer_p95_s == {
+        "small": p95({"small": small - 1, "large": large}),
+        "large": p95({"small": small, "large": large - 1}),
+    }
 
     alone = confirm(lambda c: 100.0 / c["large"], 3.0, {"large": 900}, {"large": 1.0}, {"large": 1})
     assert alone is not None and alone.replicas == {"large": 34} and alone.runs <= 25

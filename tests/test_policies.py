@@ -107,9 +107,13 @@ def test_random_policy_is_seeded_and_has_its_rate() -> None:
 
 
 def test_every_named_policy_is_built_by_make_policy() -> None:
-    assert set(POLICY_NAMES) == {"entropy", "top1", "margin", "small", "large", "random"}
+    pre = {"entropy", "top1", "margin", "small", "large", "random"}
+    post = {"h_step", "ppl_step", "min_prob", "cue", "verify"}
+    assert set(POLICY_NAMES) == pre | post
     for name in POLICY_NAMES:
-        assert make_policy(name).needs_glimpse == (name in ("entropy", "top1", "margin"))
+        policy = make_policy(name)
+        assert policy.needs_glimpse == (name in ("entropy", "top1", "margin"))
+        assert policy.post_step == (name in post)
 
 
 @pytest.mark.parametrize(

@@ -46,10 +46,11 @@ def test_shadow_policies_are_normalised_and_refused_clearly() -> None:
     assert check_shadow([("margin", 0.2)]) == (("margin", 0.2),)
     assert check_shadow(None) == () and check_shadow({}) == ()
     for name in ("random", "small", "large"):
-        with pytest.raises(ValueError, match=f"shadow policy '{name}' reads no glimpse signal"):
+        with pytest.raises(ValueError, match=f"shadow policy '{name}' reads no signal"):
             check_shadow({name: 0.5})
-    with pytest.raises(ValueError, match="unknown shadow policy 'h_step'.*entropy, top1, margin"):
-        check_shadow({"h_step": 0.5})
+    with pytest.raises(ValueError, match="unknown shadow policy 'h_stepp'.*entropy, top1, margin, h_step"):
+        check_shadow({"h_stepp": 0.5})
+    assert check_shadow({"h_step": 0.5, "cue": 0}) == (("cue", 0.0), ("h_step", 0.5))
     with pytest.raises(ValueError, match="given twice"):
         check_shadow([("top1", 0.5), ("top1", 0.6)])
     for bad in (math.nan, math.inf, True, "0.5"):
@@ -97,9 +98,11 @@ def test_the_config_takes_a_mapping_of_name_to_threshold() -> None:
     config = parse_config({"routing": {"policy": "entropy", "shadow": {"top1": 0.6, "margin": 0.1}}})
     assert config.collab_params().shadow == (("margin", 0.1), ("top1", 0.6))
     assert parse_config({}).collab_params().shadow == ()
-    with pytest.raises(ConfigError, match=r"routing\.shadow: .*unknown shadow policy 'ppl_step'"):
-        parse_config({"routing": {"shadow": {"ppl_step": 3.0}}})
-    with pytest.raises(ConfigError, match=r"routing\.shadow: .*'random' reads no glimpse signal"):
+    with pytest.raises(ConfigError, match=r"routing\.shadow: .*unknown shadow policy 'ppl'"):
+        parse_config({"routing": {"shadow": {"ppl": 3.0}}})
+    with pytest.raises(ConfigError, match=r"routing\.shadow: .*'verify' needs the large model"):
+        parse_config({"routing": {"shadow": {"verify": 0.5}}})
+    with pytest.raises(ConfigError, match=r"routing\.shadow: .*'random' reads no signal"):
         parse_config({"routing": {"shadow": {"random": 0.5}}})
 
 
@@ -108,7 +111,7 @@ def test_a_request_sets_its_own_shadow_policies() -> None:
     assert params.replace(shadow={"margin": 0.2}).shadow == (("margin", 0.2),)
     assert params.replace(shadow=None).shadow == (("top1", 0.5),)  # unset: the app's
     with pytest.raises(ValueError, match="unknown shadow policy"):
-        params.replace(shadow={"cue": 1.0})
+        params.replace(shadow={"cues": 1.0})
 
 
 # --- in the loop --------------------------------------------------------------------------

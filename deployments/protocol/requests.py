@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from deployments.protocol.tools import ToolCallIn, ToolChoice, ToolDefinition
 from deployments.protocol.wire import INT64_MAX, INT64_MIN, WireRequest
-from glimp_ray.policies import RandomP
+from glimp_ray.policies import PolicyName, RandomP
 
 MAX_STOP_STRINGS = 16  # OpenAI allows 4, vLLM any number; eval harnesses send 5 or more
 MAX_TOP_K = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
@@ -95,10 +95,12 @@ class GlimpOptions(WireRequest):
         None, description="Loop rules: this project's (glimp) or the paper's reference code's (reference)."
     )
     threshold: float | None = Field(None, description="τ for this request.")
-    policy: Literal["entropy", "top1", "margin", "small", "large", "random"] | None = Field(
+    policy: PolicyName | None = Field(
         None,
         description="Step routing: entropy (τ in nats, above it goes large), top1 or margin (τ a probability: the "
-        "glimpsed token's probability, or top-1 minus top-2, below it goes large), small, large or random.",
+        "glimpsed token's probability, or top-1 minus top-2, below it goes large); post-step: h_step, ppl_step, "
+        "min_prob, cue, verify (the small model writes the step, the large one rewrites it past τ); small, large "
+        "or random.",
     )
     mode: Literal["fused", "paper"] | None = None
     entropy: Literal["full", "topk"] | None = Field(
@@ -117,7 +119,8 @@ class GlimpOptions(WireRequest):
     )
     shadow: dict[str, float] | None = Field(
         None,
-        description="Shadow policies for this request, name -> τ (entropy, top1, margin): recorded in its trace "
+        description="Shadow policies for this request, name -> τ (entropy, top1, margin, h_step, ppl_step, min_prob, "
+        "cue): recorded in its trace "
         "beside the acting policy, not counted in the router's metric. docs/routing.md: 'Shadow routing'.",
     )
 

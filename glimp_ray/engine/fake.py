@@ -5,6 +5,8 @@ Step ``i`` of a transcript (the number of delimiters it already holds) gets ``st
 truncates the text character-wise; with a ``context``, the prompt and transcript count
 against it as the HF engine's tokens do (a full context refuses the call, a step is cut at it).
 A ``fail`` hook injects failures: it sees each call and may return the exception to raise.
+A step asked for its signals gets its scripted :class:`~glimp_ray.types.StepSignals`; a glimpse
+with a probe gets ``probe(request)`` (the verify policy's score).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from glimp_ray.engine.base import PromptTooLongError
 from glimp_ray.policies import glimpse_routes_large
-from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult
+from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult, StepSignals
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class ScriptedStep:
     finish_reason: FinishReason = "delimiter"
     top1_prob: float = 1.0
     top2_prob: float = 0.0
+    signals: StepSignals | None = None  # what a step asked for its signals reports (default: all certain)
 
 
 class ScriptedEngine:
@@ -39,6 +42,7 @@ class ScriptedEngine:
         delimiter: str = "\n\n",
         context: int | None = None,
         fail: Callable[[int, StepRequest], BaseException | None] | None = None,
+        probe: Callable[[StepRequest], float] | None = None,
     ):
         if not steps:
             raise ValueError("a script needs at least one step")
@@ -48,6 +52,7 @@ class ScriptedEngine:
         self.delimiter = delimiter
         self.context = context
         self.fail = fail  # (the call's index in ``calls``, its request) -> an exception to raise, or None
+        self.probe = probe  # a glimpse's probe -> its probability (default 1.0)
         self.calls: list[StepRequest] = []
         self.released: list[str] = []
 
@@ -81,10 +86,16 @@ class ScriptedEngine:
             if glimpse_routes_large(glimpse, request.glimpse):
                 return self._result("", "routed", glimpse, routed=True)
         if request.generate is None:
-            return self._result("", "glimpse", glimpse)
+            result = self._result("", "glimpse", glimpse)
+            if request.glimpse is not None and request.glimpse.probe:
+                result.probe_prob = self.probe(request) if self.probe is not None else 1.0
+            return result
         text = scripted.text[: min(request.generate.max_tokens, room)]
         finish = scripted.finish_reason if text == scripted.text else "length"
-        return self._result(text, finish, glimpse)
+        result = self._result(text, finish, glimpse)
+        if request.generate.signals and text:
+            result.step_signals = scripted.signals or StepSignals(len(text), 0.0, 0.0, 0.0)
+        return result
 
     async def release(self, session_id: str) -> None:
         self.released.append(session_id)

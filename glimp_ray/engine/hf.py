@@ -34,6 +34,7 @@ from glimp_ray.engine.sampling import build_processors, make_generator, sample_e
 from glimp_ray.engine.scheduler import Scheduler
 from glimp_ray.engine.sequence import Sequence
 from glimp_ray.engine.session import SessionCache
+from glimp_ray.engine.step_signals import probe_ids, probe_prob, record_token_signals
 from glimp_ray.engine.stops import StopMatcher, cut_step_text
 from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.engine.worker import StepLoopEngine
@@ -267,6 +268,8 @@ class HFEngine(StepLoopEngine):
             session.kv_len = 0  # its cache was lost (a failed batch): prefill it afresh
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
         sync_session(self.tokenizer, session, text, templated)
+        if request.continuation:  # its own tokens: the text before it stays a reusable prefix
+            sync_session(self.tokenizer, session, text + request.continuation, templated)
         if not session.tokens:
             raise InvalidRequestError("empty prompt")
         if len(session.tokens) >= self.max_context:
@@ -293,6 +296,8 @@ class HFEngine(StepLoopEngine):
         if request.glimpse is not None:
             spec = request.glimpse
             seq.glimpse = glimpse_signals(seq.logits, spec.entropy, spec.top_k)
+            if spec.probe:
+                seq.probe_prob = probe_prob(seq.logits, probe_ids(self.tokenizer, spec.probe))
             if glimpse_routes_large(seq.glimpse, spec):
                 self._finish(seq, "routed")  # the glimpsed token is never kept
                 return
@@ -315,6 +320,7 @@ class HFEngine(StepLoopEngine):
         if not decoding:
             return []
         tokens = sample_each(decoding, self._fail)
+        record_token_signals(decoding, tokens)
         going = []
         for seq, token in zip(decoding, tokens, strict=True):
             try:

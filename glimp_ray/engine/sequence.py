@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimp_ray.engine.session import Session
-from glimp_ray.types import FinishReason, GlimpseSignals, SamplingParams, StepRequest, StepResult
+from glimp_ray.types import FinishReason, GlimpseSignals, SamplingParams, StepRequest, StepResult, StepSignals
 
 DoneCallback = Callable[[StepResult | BaseException], None]
 
@@ -46,6 +46,9 @@ class Sequence:
     max_tokens: int = 0
     # what the result reports
     glimpse: GlimpseSignals | None = None
+    probe_prob: float | None = None
+    token_entropies: list[float] = field(default_factory=list)  # with GenerateSpec.signals
+    token_logprobs: list[float] = field(default_factory=list)
     reused_tokens: int = 0
     prefill_tokens: int = 0
     context_tokens: int = 0
@@ -73,6 +76,8 @@ class Sequence:
             prefill_s=self.prefill_s,
             decode_s=now - self.decode_start,
             replica=replica,
+            step_signals=StepSignals.of(self.token_entropies, self.token_logprobs),
+            probe_prob=self.probe_prob,
         )
 
     @property

@@ -33,20 +33,24 @@ from typing import Any
 from glimp_ray.engine.base import InvalidRequestError, PromptTooLongError
 from glimp_ray.engine.model_files import eos_ids, longest_token_chars
 from glimp_ray.engine.session import SessionCache
+from glimp_ray.engine.step_signals import probe_ids
 from glimp_ray.engine.stops import cut_step_text
 from glimp_ray.engine.text import decode_with_ends, refuse_text_longer_than, render_prompt, sync_session
 from glimp_ray.engine.vllm_params import (
+    SIGNAL_TOP_K,
     environment,
     glimpse_params,
     logprobs_entropy,
     model_defaults,
     position_signals,
+    probe_from_logprobs,
     step_params,
+    token_signal,
 )
 from glimp_ray.engine.vllm_run import stream_steps
 from glimp_ray.policies import glimpse_routes_large
 from glimp_ray.step_run import RunCursor, StepRun, run_steps
-from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult
+from glimp_ray.types import FinishReason, GlimpseSignals, StepRequest, StepResult, StepSignals
 
 
 class VLLMEngine:
@@ -178,6 +182,8 @@ class VLLMEngine:
         session = self.sessions.get(request.session_id)
         text, templated = render_prompt(self.tokenizer, request, self.think_start, self.think_end)
         sync_session(self.tokenizer, session, text, templated)
+        if request.continuation:  # its own tokens: the text before it stays a reusable prefix
+            sync_session(self.tokenizer, session, text + request.continuation, templated)
         prompt = list(session.tokens)
         if not prompt:
             raise InvalidRequestError("empty prompt")
@@ -200,7 +206,8 @@ class VLLMEngine:
         """A run of easy steps (streaming glimpse), as few vLLM requests as the tokens allow; each
         step is yielded as it completes. The reference rules (a delimiter added after a cut step,
         a step that may overrun the budget) change the text between steps: one request per step."""
-        if run.rules.delimiter_after_every_step or not run.rules.clip_to_budget or request.glimpse is None:
+        per_step = run.rules.delimiter_after_every_step or not run.rules.clip_to_budget or run.signals
+        if per_step or request.glimpse is None:
             async for result in run_steps(self, request, run):
                 yield result
             return
@@ -224,7 +231,11 @@ class VLLMEngine:
 
     async def _generate(self, request: StepRequest, prompt: list[int], session: Any) -> StepResult:
         glimpse, gen = request.glimpse, request.generate
-        k = glimpse.top_k if glimpse is not None else None
+        want_signals = gen is not None and gen.signals
+        k = glimpse.top_k if glimpse is not None else (SIGNAL_TOP_K if want_signals else None)
+        entropies: list[float] = []
+        logprobs: list[float] = []
+        probe: float | None = None
         stops: tuple[str, ...] = ()
         if gen is None:
             assert k is not None
@@ -252,9 +263,17 @@ class VLLMEngine:
                     first_at = time.perf_counter()
                     if glimpse is not None and choice.logprobs:
                         signals = position_signals(choice.logprobs[0], glimpse.top_k)
+                        if glimpse.probe:
+                            probe = probe_from_logprobs(choice.logprobs[0], probe_ids(self.tokenizer, glimpse.probe))
                         if gen is not None and glimpse_routes_large(signals, glimpse):
                             await self.llm.abort(request_id)  # the glimpsed token is never kept
                             return self.result(len(prompt), cached, [], "", "routed", signals, start, first_at)
+                if want_signals and choice.logprobs:
+                    assert k is not None
+                    for position, token in enumerate(choice.token_ids):
+                        entropy, logprob = token_signal(choice.logprobs[position], token, k)
+                        entropies.append(entropy)
+                        logprobs.append(logprob)
                 generated.extend(choice.token_ids)
                 if out.finished:
                     finish, stop_reason = choice.finish_reason, choice.stop_reason
@@ -268,7 +287,9 @@ class VLLMEngine:
         self.generated_tokens += len(generated)
         self.forwarded_tokens += len(prompt) - cached + max(len(generated) - 1, 0)
         if gen is None:
-            return self.result(len(prompt), cached, [], "", "glimpse", signals, start, first_at)
+            result = self.result(len(prompt), cached, [], "", "glimpse", signals, start, first_at)
+            result.probe_prob = probe
+            return result
         reason: FinishReason
         if generated and generated[-1] in self.eos_ids:
             reason = "eos"
@@ -285,7 +306,9 @@ class VLLMEngine:
             text, reason = cut_step_text(
                 self.tokenizer, full, generated, reason, stops, self.think_end, request.close_thinking
             )
-        return self.result(len(prompt), cached, generated, text, reason, signals, start, first_at)
+        result = self.result(len(prompt), cached, generated, text, reason, signals, start, first_at)
+        result.step_signals = StepSignals.of(entropies, logprobs)
+        return result
 
     def result(
         self,

@@ -5,6 +5,7 @@ logprobs, and the environment its engine-core process starts in."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,24 @@ def position_signals(logprobs: dict[int, Any], k: int) -> GlimpseSignals:
     """The glimpse's signals from vLLM's raw logprobs of one position: the top-``k`` entropy and the
     top two probabilities (vLLM's logprobs are over the whole vocabulary, before temperature)."""
     return logprobs_signals(_values(logprobs), k)
+
+
+# The top-k a step's token entropies are taken over on vLLM when no glimpse names one.
+SIGNAL_TOP_K = 20
+
+
+def token_signal(logprobs: dict[int, Any], token: int, k: int) -> tuple[float, float]:
+    """One generated position's step signals from vLLM's raw logprobs: the top-``k`` entropy
+    (renormalised) and the sampled ``token``'s log-probability (vLLM always returns it)."""
+    entropy = float(topk_entropy(_values(logprobs), k))
+    chosen = logprobs.get(token)
+    return entropy, float(getattr(chosen, "logprob", chosen)) if chosen is not None else float("nan")
+
+
+def probe_from_logprobs(logprobs: dict[int, Any], ids: list[int]) -> float:
+    """The probe's probability from vLLM's top-k logprobs of one position: the probe tokens found
+    among them (one outside the top k counts as 0, so the score is a lower bound)."""
+    return sum(math.exp(float(getattr(lp, "logprob", lp))) for token, lp in logprobs.items() if token in ids)
 
 
 def logprobs_count(k: int | None) -> int | None:

@@ -7,12 +7,14 @@ math-verify when it is installed and by comparing the last number otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from glimp_ray.demo import task
+from glimp_ray.prompts import PLACEHOLDER, apply_template, resolve_template
 
 Checker = Callable[[str, str], bool]
 
@@ -24,9 +26,10 @@ class Example:
     answer: str
     gold_steps: tuple[str, ...] = ()  # known for the synthetic task only
     hard_steps: tuple[bool, ...] = ()  # per gold step: one the task calls hard (synthetic task)
+    template: str = PLACEHOLDER  # how the problem becomes the user's message (glimp_ray.prompts)
 
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.problem}]
+        return [{"role": "user", "content": apply_template(self.template, self.problem)}]
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,13 @@ def load_jsonl(path: str | Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
-def load_dataset(spec: str, split: str = "test", limit: int | None = None) -> Dataset:
-    """``demo`` (with ``split`` validation|test) or a JSONL path."""
+def load_dataset(spec: str, split: str = "test", limit: int | None = None, template: str | None = None) -> Dataset:
+    """``demo`` (with ``split`` validation|test) or a JSONL path; ``template``: a prompt template
+    (:func:`glimp_ray.prompts.resolve_template`), the bare problem by default."""
+    text = resolve_template(template)
     if spec == "demo":
-        return Dataset(f"demo-{split}", demo_examples(split, limit or 300), check_demo)
-    return Dataset(Path(spec).stem, load_jsonl(spec, limit), check_math)
+        examples = demo_examples(split, limit or 300)
+        name, check = f"demo-{split}", check_demo
+    else:
+        examples, name, check = load_jsonl(spec, limit), Path(spec).stem, check_math
+    return Dataset(name, [dataclasses.replace(e, template=text) for e in examples], check)

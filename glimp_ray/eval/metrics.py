@@ -45,10 +45,15 @@ def quantile_threshold(entropies: Sequence[float], large_fraction: float) -> flo
     return percentile(entropies, 100 * (1 - large_fraction))
 
 
+# Signals whose high values send a step large (or have it rewritten); the others' low values do.
+HIGH_MEANS_LARGE = ("entropy", "h_step", "ppl_step")
+
+
 def signal_threshold(values: Sequence[float], large_fraction: float, signal: str) -> float:
-    """The threshold sending ``large_fraction`` of these steps large on ``signal``: an entropy
-    above it goes large, a top-1 probability or a margin below it does."""
-    if signal == "entropy":
+    """The threshold sending ``large_fraction`` of these steps large on ``signal``: an entropy, a
+    step's mean entropy or perplexity above it goes large; a top-1 probability, a margin, a step's
+    lowest token probability or a verification score below it does."""
+    if signal in HIGH_MEANS_LARGE:
         return quantile_threshold(values, large_fraction)
     if not values:
         raise ValueError(f"no {signal} values to calibrate on")

@@ -12,8 +12,14 @@ from glimp_ray.eval.harness import RunSummary
 from glimp_ray.eval.seeds import ArmStats, Comparison
 from glimp_ray.eval.stats import Bootstrap
 
-COLORS = {"entropy": "C0", "top1": "C1", "margin": "C2", "random": "C3", "small": "C7", "large": "k"}
-MARKERS = {"entropy": "o", "top1": "^", "margin": "v", "random": "x", "small": "s", "large": "D"}
+COLORS = {
+    "entropy": "C0", "top1": "C1", "margin": "C2", "random": "C3", "small": "C7", "large": "k",
+    "h_step": "C4", "ppl_step": "C5", "min_prob": "C6", "cue": "C8", "verify": "C9",
+}  # fmt: skip
+MARKERS = {
+    "entropy": "o", "top1": "^", "margin": "v", "random": "x", "small": "s", "large": "D",
+    "h_step": "P", "ppl_step": "*", "min_prob": "<", "cue": ">", "verify": "h",
+}  # fmt: skip
 
 
 @dataclass

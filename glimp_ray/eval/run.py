@@ -1,8 +1,10 @@
 """``glimp-ray eval``: the whole evaluation, from threshold selection to the reports.
 
 1. Thresholds, on the validation split, never the test split: each signal policy's candidates
-   (``entropy``, ``top1``, ``margin``) are quantiles of its signal over the small model's steps
-   in a small-only run, at ``fractions`` of the steps; each candidate runs there, and the one
+   (``entropy``, ``top1``, ``margin``, and the post-step ``h_step``, ``ppl_step``, ``min_prob``)
+   are quantiles of its signal over the small model's steps in a small-only run (``verify``: of
+   the large model's scores in a run that never rewrites), at ``fractions`` of the steps; ``cue``
+   has no threshold. Each candidate runs there, and the one
    with the fewest large steps that keeps ``keep`` of large-only accuracy is chosen (or, with
    ``target_large_fraction``, the quantile at that fraction: one candidate, run for the record). The
    random baseline runs at the large-step fraction GlimpRouter's chosen τ had on validation.
@@ -26,10 +28,14 @@ from glimp_ray.eval.metrics import signal_threshold
 from glimp_ray.eval.report import Validation, seeds_table, write_reports
 from glimp_ray.eval.seeds import Arm, Comparison, arm_stats, compare, run_seeds
 from glimp_ray.eval.signals import SignalRecorder, step_error_auroc
-from glimp_ray.policies import SIGNAL_POLICIES
+from glimp_ray.policies import SIGNAL_POLICIES, STEP_SIGNAL_POLICIES
 
 CANDIDATE_LARGE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
-POLICY_ORDER = ("small", "large", "entropy", "top1", "margin", "random")
+POLICY_ORDER = (
+    "small", "large", "entropy", "top1", "margin", "h_step", "ppl_step", "min_prob", "cue", "verify", "random",
+)  # fmt: skip
+# The policies whose threshold is chosen on validation, and the signal each reads.
+THRESHOLD_SIGNALS: dict[str, str] = {**SIGNAL_POLICIES, **STEP_SIGNAL_POLICIES, "verify": "verify"}
 NAMES = {"small": "small-only", "large": "large-only", "entropy": "GlimpRouter (entropy)"}
 
 
@@ -47,17 +53,22 @@ async def calibrate(
     seed: int | None = None,
 ) -> Validation:
     """Choose each signal policy's threshold on ``val`` (see the module's docstring)."""
-    recorder = SignalRecorder(collab.clients["small"])
+    recorder = SignalRecorder(collab.clients["small"], step_signals=any(p in STEP_SIGNAL_POLICIES for p in policies))
     recording = Collaborator(recorder, collab.clients["large"], collab.params)
     small, _ = await evaluate(recording, val, "small", label="small-only", progress=_log, seed=seed)
     large, _ = await evaluate(collab, val, "large", label="large-only", progress=_log, seed=seed)
+    checker = SignalRecorder(collab.clients["large"], step_signals=False)
+    if "verify" in policies:  # the large model's scores of the small model's steps, none rewritten
+        checking = Collaborator(collab.clients["small"], checker, collab.params)
+        await evaluate(checking, val, "verify", -1.0, label="verify scores", progress=_log, seed=seed)
     chosen_fractions = (target_large_fraction,) if target_large_fraction is not None else fractions
     validation = Validation(small, large, chosen_fractions)
-    for policy in (p for p in POLICY_ORDER if p in policies and p in SIGNAL_POLICIES):
-        values = recorder.values(SIGNAL_POLICIES[policy])
+    for policy in (p for p in POLICY_ORDER if p in policies and p in THRESHOLD_SIGNALS):
+        signal = THRESHOLD_SIGNALS[policy]
+        values = (checker if signal == "verify" else recorder).values(signal)
         candidates = []
         for fraction in chosen_fractions:
-            tau = signal_threshold(values, fraction, SIGNAL_POLICIES[policy])
+            tau = signal_threshold(values, fraction, signal)
             run, _ = await evaluate(collab, val, policy, tau, label=f"{policy} τ={tau:.4g}", seed=seed)
             _log(f"  val {policy} τ={tau:.4g}: accuracy {run.accuracy:.3f}, large steps {run.large_step_fraction:.3f}")
             candidates.append(run)
@@ -79,7 +90,7 @@ def make_arms(
     """The arms to run on test, in :data:`POLICY_ORDER`; extra ``thresholds`` are entropy's."""
     arms: list[Arm] = []
     for policy in (p for p in POLICY_ORDER if p in policies):
-        if policy in SIGNAL_POLICIES:
+        if policy in THRESHOLD_SIGNALS:
             chosen = validation.chosen[policy].threshold if validation is not None else default_tau
             assert chosen is not None
             name = NAMES.get(policy, policy)
@@ -91,7 +102,7 @@ def make_arms(
             p = validation.chosen["entropy"].large_step_fraction if validation and matched else random_p
             arms.append(Arm("random (matched)" if matched else "random", "random", random_p=p))
         else:
-            arms.append(Arm(NAMES[policy], policy))
+            arms.append(Arm(NAMES.get(policy, policy), policy))
     return arms
 
 
@@ -109,11 +120,12 @@ async def run_eval(
     target_large_fraction: float | None = None,
     keep: float = 0.95,
     command: str = "",
+    prompt_template: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    test = load_dataset(dataset, "test", limit)
+    test = load_dataset(dataset, "test", limit, prompt_template)
     if validation not in (None, "demo") and Path(validation).resolve() == Path(dataset).resolve():
         raise ValueError("the validation set must not be the test set")
     # One unrecorded request per model first: the first forwards of a process are slow.
@@ -122,8 +134,8 @@ async def run_eval(
     base = collab.params.seed or 0
     seed_list = list(range(base, base + seeds))
     chosen: Validation | None = None
-    if validation is not None and any(p in SIGNAL_POLICIES for p in policies):
-        val = load_dataset(validation, "validation", validation_limit)
+    if validation is not None and any(p in THRESHOLD_SIGNALS for p in policies):
+        val = load_dataset(validation, "validation", validation_limit, prompt_template)
         _log(f"validation: {len(val.examples)} examples for threshold selection")
         chosen = await calibrate(collab, val, policies, fractions, target_large_fraction, keep, seed_list[0])
     arms = make_arms(policies, chosen, thresholds, collab.params.threshold, collab.params.random_p)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deployments.in_process import MODEL, router_over, serve
+from deployments.in_process import MODEL, router_over, serve
 from tests.deployments.test_tools import CALL, THINKING, WEATHER, client_of, engines, rendered_messages
 
 openai = pytest.importorskip("openai")

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
+from deployments.in_process import MODEL, router_over, serve  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
-from tests.deployments.in_process import MODEL, router_over, serve  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'ingress.*__del__' was never awaited:RuntimeWarning")
 

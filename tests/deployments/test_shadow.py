@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("ray")
 
+from deployments.in_process import MODEL, router_over, serve  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
-from tests.deployments.in_process import MODEL, router_over, serve  # noqa: E402
 
 # Ray's class-based ingress leaves a wrapper whose async __del__ Python never awaits.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'ingress.*__del__' was never awaited:RuntimeWarning")
@@ -95,7 +95,7 @@ def test_shadow_policies_change_at_runtime_through_user_config() -> None:
 
     body = serve(router, scenario)
     assert [s["shadow"] for s in body["glimp"]["steps"]] == [{"top1": t} for t in TOP1]
-    with pytest.raises(ValueError, match="unknown shadow policy 'verify'"):
+    with pytest.raises(ValueError, match="shadow policy 'verify' needs the large model"):
         router.reconfigure({"routing": {"shadow": {"verify": 0.5}}})
 
 
@@ -122,4 +122,4 @@ def test_a_request_sets_its_own_shadow_policies_seen_in_its_trace_only() -> None
         body, bad = serve(router, scenario)
     assert [s["shadow"] for s in body["glimp"]["steps"]] == [{"margin": m} for m in MARGIN]
     assert inc.call_count == 0  # the metric counts the app's shadow policies, not a request's own
-    assert bad.status_code == 400 and "'random' reads no glimpse signal" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and "'random' reads no signal" in bad.json()["error"]["message"]

@@ -14,12 +14,12 @@ import pytest
 
 pytest.importorskip("ray")
 
+from deployments.in_process import MODEL, router_over, serve  # noqa: E402
 from glimp_ray.engine.base import EngineError, InvalidRequestError  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
 from glimp_ray.pool_clients import PoolUnavailableError  # noqa: E402
 from glimp_ray.step_run import StepRun, run_steps  # noqa: E402
 from glimp_ray.types import StepRequest, StepResult  # noqa: E402
-from tests.deployments.in_process import MODEL, router_over, serve  # noqa: E402
 
 # Ray's class-based ingress leaves a wrapper whose async __del__ Python never awaits.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'ingress.*__del__' was never awaited:RuntimeWarning")

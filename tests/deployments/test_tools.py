@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
+from deployments.in_process import MODEL, router_over, serve  # noqa: E402
 from glimp_ray.engine.fake import ScriptedEngine, ScriptedStep  # noqa: E402
 from glimp_ray.tools import ParsedAnswer, ToolCallText, parse_tool_calls, with_tool_prompt  # noqa: E402
-from tests.deployments.in_process import MODEL, router_over, serve  # noqa: E402
 
 # Ray's class-based ingress leaves a wrapper whose async __del__ Python never awaits.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'ingress.*__del__' was never awaited:RuntimeWarning")

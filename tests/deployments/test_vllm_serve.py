@@ -76,3 +76,26 @@ def test_streaming_through_vllm_pools_gives_the_same_greedy_text(vllm_app: str) 
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     full = client(vllm_app).chat.completions.create(model="glimp-demo", messages=messages)
     assert content and full.choices[0].message.content == content
+
+
+def test_post_step_policies_through_http_on_vllm(vllm_app: str) -> None:
+    """h_step whose τ no step reaches writes what the small model writes alone (greedy); verify
+    above any probability has the large model rewrite every step; the trace carries both."""
+    messages = make_split("test", 1)[0].messages()
+
+    def trace(glimp: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        response = client(vllm_app).chat.completions.create(
+            model="glimp-demo", messages=messages, extra_body={"glimp": {"return_trace": True, **glimp}}
+        )
+        return response.choices[0].message.content, response.model_extra["glimp"]["steps"]
+
+    never, never_steps = trace({"policy": "h_step", "threshold": 1e9})
+    alone, alone_steps = trace({"policy": "entropy", "threshold": 1e9})
+    assert [s["text"] for s in never_steps] == [s["text"] for s in alone_steps] and never == alone
+    assert all(s["model"] == "small" and not s["rewritten"] for s in never_steps)
+    assert all(
+        0 <= s["step_entropy"] <= math.log(20) + 1e-9 and s["post_signal"] == s["step_entropy"] for s in never_steps
+    )
+    _, verified = trace({"policy": "verify", "threshold": 2.0})
+    assert verified and all(s["rewritten"] and s["model"] == "large" for s in verified)
+    assert all(0 <= s["post_signal"] <= 1 and s["prefill_tokens"] <= s["context_tokens"] for s in verified)

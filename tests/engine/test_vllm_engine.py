@@ -7,6 +7,7 @@ vLLM's CPU attention needs a head size of at least 32, so the tiny pair is widen
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,3 +255,41 @@ def test_a_session_reuses_its_prefix_from_vllms_cache(engines: dict[str, Any]) -
     assert second.reused_tokens > 0 and second.reused_tokens + second.prefill_tokens == second.context_tokens
     # Its own generated tokens were kept, not re-tokenized: the context grew by exactly them.
     assert second.context_tokens == first.context_tokens + first.generated_tokens
+
+
+def test_step_signals_on_vllm_match_the_hf_engines_log_probabilities(engines: dict[str, Any]) -> None:
+    """The sampled tokens' log-probabilities are over the whole vocabulary on both engines (the
+    same greedy tokens, the same numbers); vLLM's token entropy is the top-20's, renormalised."""
+    spec = GenerateSpec(10, (), GREEDY, signals=True)
+    v = step(engines, "small", session_id="sig-v", generate=spec)
+    h = step(engines, "hf_small", session_id="sig-h", generate=spec)
+    assert v.token_ids == h.token_ids and v.step_signals is not None and h.step_signals is not None
+    assert v.step_signals.tokens == h.step_signals.tokens == len(v.token_ids)
+    assert v.step_signals.mean_logprob == pytest.approx(h.step_signals.mean_logprob, **ENTROPY_TOL)
+    assert v.step_signals.min_logprob == pytest.approx(h.step_signals.min_logprob, **ENTROPY_TOL)
+    assert 0 <= v.step_signals.mean_entropy <= math.log(20) + 1e-9
+    assert step(engines, "small", session_id="sig-n", generate=GenerateSpec(4, (), GREEDY)).step_signals is None
+
+
+def test_a_glimpse_probe_on_vllm_counts_the_probe_tokens_in_its_top_k(engines: dict[str, Any]) -> None:
+    h = step(engines, "hf_large", session_id="probe-h", generate=GenerateSpec(1, (), GREEDY))
+    top = engines["hf_large"].tokenizer.decode(h.token_ids)  # the most likely first token: in any top-k
+    glimpse = GlimpseSpec("topk", 20, probe=(top,))
+    v = step(engines, "large", session_id="probe-v", glimpse=glimpse)
+    hp = step(engines, "hf_large", session_id="probe-hp", glimpse=glimpse)
+    assert v.probe_prob is not None and v.probe_prob == pytest.approx(hp.probe_prob, **ENTROPY_TOL)
+    assert v.probe_prob == pytest.approx(v.top1_prob, **ENTROPY_TOL)
+
+
+def test_verify_rewrites_reuse_vllms_prefix_cache(engines: dict[str, Any]) -> None:
+    """Every step drafted on the small pool, checked and rewritten on the large one (τ above any
+    probability): the rewrite's context is a prefix of the check's, found in vLLM's prefix cache
+    (whole blocks of it: the long prompt fills at least one)."""
+    long = [{"role": "user", "content": "Think about this carefully. " * 12}]
+    collab = Collaborator(engines["small"], engines["large"], PARAMS.replace(policy="verify", threshold=2.0))
+    result = run(engines, collab.run(messages=long))
+    assert result.steps and all(s.rewritten and s.model == "large" for s in result.steps)
+    for s in result.steps:
+        assert s.check_prefill_tokens > 0 and s.draft_tokens > 0
+        assert s.reused_tokens > 0 and s.reused_tokens + s.prefill_tokens == s.context_tokens
+        assert s.prefill_tokens / s.context_tokens < 1

@@ -29,4 +29,4 @@ def test_eval_arguments_reach_run_eval(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_eval_refuses_an_unknown_policy() -> None:
-    assert cli.main(["eval", "--dataset", "demo", "--policies", "entropy,h_step"]) != 0
+    assert cli.main(["eval", "--dataset", "demo", "--policies", "entropy,h_stepp"]) != 0

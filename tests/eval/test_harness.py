@@ -11,6 +11,7 @@ from glimp_ray.eval.datasets import Dataset, Example, check_demo, check_math, lo
 from glimp_ray.eval.harness import RunSummary, evaluate, select_threshold
 from glimp_ray.eval.report import markdown_table
 from glimp_ray.eval.signals import step_error_auroc
+from glimp_ray.types import StepSignals
 
 
 def pair() -> Collaborator:
@@ -79,26 +80,38 @@ def test_select_threshold_prefers_fewest_large_steps_that_keep_accuracy() -> Non
         select_threshold([], large)
 
 
+SUFFIX = CollabParams().verify_suffix
+
+
 def test_step_error_auroc_on_gold_steps_for_every_signal() -> None:
     # The wrong step has the highest entropy and the lowest top-1 probability, but not the lowest
-    # margin: each signal is scored on its own.
+    # margin; its step signals: the highest mean entropy, not the highest perplexity; it opens with
+    # a cue; the large model scores it lowest. Each signal is scored on its own.
     small = ScriptedEngine(
         "small",
         [
-            ScriptedStep("x\n\n", 0.1, top1_prob=0.9, top2_prob=0.05),
-            ScriptedStep("WRONG\n\n", 3.0, top1_prob=0.4, top2_prob=0.1),
-            ScriptedStep("z\n\n", 0.3, top1_prob=0.6, top2_prob=0.4),
+            ScriptedStep("x\n\n", 0.1, top1_prob=0.9, top2_prob=0.05, signals=StepSignals(3, 0.1, -0.1, -0.2)),
+            ScriptedStep("Wait\n\n", 3.0, top1_prob=0.4, top2_prob=0.1, signals=StepSignals(6, 2.0, -0.3, -3.0)),
+            ScriptedStep("z\n\n", 0.3, top1_prob=0.6, top2_prob=0.4, signals=StepSignals(3, 0.5, -0.9, -1.0)),
         ],
     )
-    collab = Collaborator(small, ScriptedEngine("large", [ScriptedStep("L\n\n")]))
+    scores = {"x\n\n": 0.9, "Wait\n\n": 0.1, "z\n\n": 0.5}
+    large = ScriptedEngine(
+        "large", [ScriptedStep("L\n\n")], probe=lambda r: scores[r.continuation.removesuffix(SUFFIX)]
+    )
+    collab = Collaborator(small, large)
     examples = [Example("e", "q", "1", ("x\n\n", "y\n\n", "z\n\n"), (False, True, True))]
     result = asyncio.run(step_error_auroc(collab, examples))
     assert result["steps"] == 3 and result["small_step_error_rate"] == pytest.approx(1 / 3)
-    assert result["auroc"] == {"entropy": 1.0, "1 − top1": 1.0, "1 − margin": 0.5}
+    assert result["auroc"] == {
+        "entropy": 1.0, "1 − top1": 1.0, "1 − margin": 0.5, "h_step": 1.0, "ppl_step": 0.5,
+        "1 − min_prob": 1.0, "cue": 1.0, "1 − verify": 1.0,
+    }  # fmt: skip
     # Against the task's hard-step label (steps 2 and 3): z's margin 0.2 is the lowest.
-    assert result["auroc_hard"] == {"entropy": 1.0, "1 − top1": 1.0, "1 − margin": 1.0}
+    assert result["auroc_hard"]["entropy"] == 1.0 and result["auroc_hard"]["1 − margin"] == 1.0
+    assert result["auroc_hard"]["ppl_step"] == 1.0 and result["auroc_hard"]["cue"] == 0.75
     assert result["hard_step_fraction"] == pytest.approx(2 / 3)
-    assert small.released == ["auroc-e"]
+    assert small.released == ["auroc-e"] and large.released == ["auroc-e"]
 
 
 def test_datasets_and_checkers(tmp_path: Path) -> None:

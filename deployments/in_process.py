@@ -1,6 +1,8 @@
-"""The router's HTTP API in process, without Ray: a GlimpRouter over scripted engines, called
-through its FastAPI app (Serve's class-based view finds the router through the replica context,
-stood in for here)."""
+"""The router's HTTP API in process, without Ray: a GlimpRouter over in-process step clients
+(scripted engines in tests, HF engines in benchmarks), called through its FastAPI app over
+httpx's ASGI transport (Serve's class-based view finds the router through the replica context,
+stood in for here). Every request goes through the app's HTTP handling, validation, flow control,
+the loop and the response as served; only the Ray calls to the pools are left out."""
 
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ from unittest import mock
 
 import httpx
 
-from glimp_ray.engine.fake import ScriptedEngine
+from glimp_ray.engine.base import StepClient
 
 T = TypeVar("T")
 MODEL = "glimp-test"
 BASE = "http://router"
 
 
-def router_over(small: ScriptedEngine, large: ScriptedEngine, /, **app: Any) -> Any:
-    """A GlimpRouter (the class behind the Serve deployment) over in-process scripted engines;
+def router_over(small: StepClient, large: StepClient, /, **app: Any) -> Any:
+    """A GlimpRouter (the class behind the Serve deployment) over in-process step clients;
     ``app`` replaces sections of its config."""
     from deployments.config import AppConfig
     from deployments.router import GlimpRouter
