@@ -135,7 +135,11 @@ def record_of(
     shadow: dict[str, Route] | None = None,
 ) -> StepRecord:
     """``glimpse`` is the separate small call (paper mode) or the routed fused call; ``signals`` the
-    call whose glimpse routed the step (its top-1 and top-2 probabilities are recorded)."""
+    call whose glimpse routed the step (its top-1 and top-2 probabilities are recorded). The step
+    signals are the small model's: of ``result`` when it has them, else of ``signals`` (a
+    post-step policy's draft)."""
+    source = result if result.step_signals is not None else signals
+    step = source.step_signals if source is not None else None
     return StepRecord(
         index=index,
         model=route,
@@ -161,12 +165,7 @@ def record_of(
         top2_prob=signals.top2_prob if signals else None,
         policy=policy,
         shadow=dict(shadow or {}),
-        **_step_signals(result if result.step_signals is not None else signals),
+        step_entropy=step.mean_entropy if step else None,
+        step_perplexity=step.perplexity if step else None,
+        step_min_prob=step.min_prob if step else None,
     )
-
-
-def _step_signals(result: StepResult | None) -> dict[str, float]:
-    step = result.step_signals if result is not None else None
-    if step is None:
-        return {}
-    return {"step_entropy": step.mean_entropy, "step_perplexity": step.perplexity, "step_min_prob": step.min_prob}
