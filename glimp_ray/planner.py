@@ -62,10 +62,12 @@ def calibrate(
     if policy not in CALIBRATED:
         raise ValueError(f"calibrate chooses τ for {', '.join(CALIBRATED)}, not {policy!r}")
     values = signal_values(requests, policy)
+    if not values and policy == "entropy":
+        raise ValueError("the trace has no glimpse entropies (was it recorded under the large-only policy?)")
     if not values:
         raise ValueError(
-            f"the trace has no {policy} values (entropy: was it recorded under the large-only policy? "
-            "h_step, ppl_step, min_prob: under a post-step policy or shadow; verify: under verify)"
+            f"the trace has no {policy} values (h_step, ppl_step, min_prob: record under a post-step policy or "
+            "one of them as a shadow; verify: under verify; top1, margin: from a pool that gives them)"
         )
     tau = signal_threshold(values, target_large_fraction, policy)
 
