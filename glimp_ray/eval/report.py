@@ -201,8 +201,10 @@ def plot(path: Path, stats: Sequence[ArmStats], validation: Validation | None, t
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    columns = min(len(handles), 6)  # rows of at most six entries: the legend fits the figure's width
+    rows = -(-len(handles) // columns) if handles else 1
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=columns, frameon=False)
+    fig.tight_layout(rect=(0, 0.015 + 0.06 * rows, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
