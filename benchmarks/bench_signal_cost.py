@@ -23,11 +23,9 @@ medians (h_step never / small, entropy + shadows / entropy) over the requests of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from typing import Any
-from unittest import mock
 
 import httpx
 
@@ -50,11 +48,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.16, help="GlimpRouter's τ (the demo config's)")
     args = parser.parse_args()
 
-    import ray.serve
-
-    from deployments import flow
-    from deployments.in_process import MODEL, router_over
-    from deployments.router import app
+    from deployments.in_process import MODEL, router_over, serve
     from glimp_ray.config import ModelConfig
     from glimp_ray.demo.task import make_split
 
@@ -73,35 +67,28 @@ def main() -> None:
     latencies: dict[str, list[float]] = {arm: [] for arm in ARMS}
     texts: dict[str, list[str]] = {arm: [] for arm in ARMS}
 
-    async def run() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://router", timeout=300) as http:
-            for _ in range(args.rounds + 1):  # the first round warms up, unrecorded
-                for problem in problems:
-                    for arm, glimp in ARMS.items():
-                        body = {
-                            "model": MODEL,
-                            "messages": problem.messages(),
-                            "glimp": {"return_trace": True, **glimp},
-                        }
-                        start = time.perf_counter()
-                        response = await http.post("/v1/chat/completions", json=body)
-                        elapsed = time.perf_counter() - start
-                        response.raise_for_status()
-                        steps = response.json()["glimp"]["steps"]
-                        latencies[arm].append(elapsed)
-                        texts[arm].append("".join(s["text"] for s in steps))
-            for values in (*latencies.values(), *texts.values()):
-                del values[: len(problems)]  # drop the warm-up round
+    async def run(base: str, http: httpx.AsyncClient) -> None:
+        for _ in range(args.rounds + 1):  # the first round warms up, unrecorded
+            for problem in problems:
+                for arm, glimp in ARMS.items():
+                    body = {
+                        "model": MODEL,
+                        "messages": problem.messages(),
+                        "glimp": {"return_trace": True, **glimp},
+                    }
+                    start = time.perf_counter()
+                    response = await http.post(f"{base}/v1/chat/completions", json=body)
+                    elapsed = time.perf_counter() - start
+                    response.raise_for_status()
+                    steps = response.json()["glimp"]["steps"]
+                    latencies[arm].append(elapsed)
+                    texts[arm].append("".join(s["text"] for s in steps))
+        for values in (*latencies.values(), *texts.values()):
+            del values[: len(problems)]  # drop the warm-up round
 
-    context = type("Context", (), {"servable_object": router})()
     started = time.perf_counter()
     try:
-        with (
-            mock.patch.object(ray.serve, "get_replica_context", lambda: context),
-            mock.patch.object(flow, "_FLOW", None),
-        ):
-            asyncio.run(run())
+        serve(router, run)
     finally:
         small.close()
         large.close()
